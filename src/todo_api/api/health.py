@@ -1,0 +1,82 @@
+"""Liveness and readiness probes.
+
+Liveness never touches the database: a probe every few seconds would otherwise keep a Neon
+compute awake (and billing) forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from todo_api import __version__, migrate
+from todo_api.api.deps import SettingsDep
+from todo_api.database import DatabaseUnavailable, describe_error, verify_database
+from todo_api.problems import problem_response, responses
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+class Liveness(BaseModel):
+    status: str = "ok"
+    version: str
+    uptime_seconds: float
+
+
+class DatabaseReadiness(BaseModel):
+    dialect: str
+    latency_ms: float
+    revision: str | None
+    head_revision: str | None
+
+
+class Readiness(BaseModel):
+    status: str = "ok"
+    database: DatabaseReadiness
+
+
+@router.get("", summary="Liveness: the process is up (no database call)")
+async def liveness(request: Request) -> Liveness:
+    started: float = request.app.state.started_at
+    return Liveness(version=__version__, uptime_seconds=round(time.monotonic() - started, 3))
+
+
+@router.get(
+    "/ready",
+    summary="Readiness: the database answers and the schema is at the latest migration",
+    response_model=Readiness,
+    responses=responses(503),
+)
+async def readiness(request: Request, settings: SettingsDep) -> Readiness | JSONResponse:
+    engine = request.app.state.engine
+    target = settings.database
+    try:
+        async with asyncio.timeout(settings.db_connect_timeout):
+            probe = await verify_database(engine, target)
+            async with engine.connect() as connection:
+                revision = await migrate.current_revision(connection)
+    except (DatabaseUnavailable, TimeoutError) as error:
+        reason = str(error) if isinstance(error, DatabaseUnavailable) else describe_error(error)
+        return problem_response(
+            503, f"database not ready: {reason}", headers={"Retry-After": "5"}
+        )
+    head = migrate.head_revision()
+    if revision != head:
+        return problem_response(
+            503,
+            f"database schema is at revision {revision}, expected {head}; "
+            "run `todo-api db upgrade`",
+            headers={"Retry-After": "5"},
+        )
+    return Readiness(
+        database=DatabaseReadiness(
+            dialect=target.dialect,
+            latency_ms=round(probe.latency_ms, 2),
+            revision=revision,
+            head_revision=head,
+        )
+    )

@@ -1,0 +1,102 @@
+"""The application factory. Building an app connects to nothing; the lifespan does."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from todo_api import __version__, migrate
+from todo_api.api import health, tasks
+from todo_api.body_guard import RequestBodyGuard
+from todo_api.database import create_engine, session_factory, verify_database
+from todo_api.problems import Problem, install_problem_handlers
+from todo_api.settings import Settings, load_settings
+
+log = logging.getLogger("todo_api")
+
+
+def _operation_id(route: APIRoute) -> str:
+    # Stable ids (`tasks-create_task`) give generated clients readable method names.
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started = time.perf_counter()
+        target = settings.database
+        for note in target.notes:
+            log.warning(note)
+        engine = create_engine(settings)
+        try:
+            await verify_database(engine, target)
+            revision = await _migrate(settings) if settings.auto_migrate else None
+        except Exception:
+            await engine.dispose()
+            raise
+        app.state.engine = engine
+        app.state.sessions = session_factory(engine)
+        log.info(
+            "todo-api %s ready in %.0f ms on %s%s",
+            __version__,
+            (time.perf_counter() - started) * 1000,
+            target.describe(),
+            f" (schema revision {revision})" if revision else "",
+        )
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Todo API",
+        version=__version__,
+        summary="Multi-user task lists: each user reaches only their own tasks.",
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.settings = settings
+    app.state.started_at = time.monotonic()
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    app.include_router(tasks.router)
+    app.add_middleware(RequestBodyGuard, max_bytes=settings.max_body_bytes)
+    _publish_problem_schema(app)
+    return app
+
+
+async def _migrate(settings: Settings) -> str | None:
+    """Apply pending migrations over the direct connection (never through a pooler)."""
+    engine = create_engine(settings, direct=True)
+    try:
+        before, after = await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+    if before != after:
+        log.info("migrated database schema from %s to %s", before, after)
+    return after
+
+
+def _publish_problem_schema(app: FastAPI) -> None:
+    """Add `Problem` (referenced by every error response) to the OpenAPI components."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(problem.pop("$defs", {}))
+            components["Problem"] = problem
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,128 @@
+"""`todo-api` (also `python -m todo_api`): serve, db upgrade, db check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from todo_api import migrate
+from todo_api.database import DatabaseUnavailable, create_engine, verify_database
+from todo_api.logs import configure_logging
+from todo_api.models import SQLModel
+from todo_api.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("todo_api.cli")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        print(f"todo-api: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    if args.command == "serve":
+        return _serve(settings, host=args.host, port=args.port, workers=args.workers)
+    try:
+        if args.db_command == "upgrade":
+            return asyncio.run(_db_upgrade(settings))
+        return asyncio.run(_db_check(settings))
+    except DatabaseUnavailable as error:
+        print(f"todo-api: {error}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="todo-api", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    db = commands.add_parser("db", help="database schema commands")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("upgrade", help="apply pending migrations (a no-op when current)")
+    db_commands.add_parser(
+        "check", help="connect and report server version, revision, tables and indexes"
+    )
+    return parser
+
+
+def _serve(settings: Settings, *, host: str, port: int, workers: int) -> int:
+    import uvicorn
+
+    # The factory re-reads settings in each worker process, from the same environment.
+    # log_config=None keeps our logging setup instead of uvicorn's.
+    uvicorn.run(
+        "todo_api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        proxy_headers=True,
+        server_header=False,
+    )
+    return 0
+
+
+async def _db_upgrade(settings: Settings) -> int:
+    engine = create_engine(settings, direct=True)
+    try:
+        await verify_database(engine, settings.database_direct)
+        before, after = await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+    if before == after:
+        print(f"database already at revision {after}; nothing to do")
+    else:
+        print(f"database upgraded from {before or 'empty'} to {after}")
+    return 0
+
+
+async def _db_check(settings: Settings) -> int:
+    target = settings.database
+    engine = create_engine(settings)
+    try:
+        probe = await verify_database(engine, target)
+        async with engine.connect() as connection:
+            revision = await migrate.current_revision(connection)
+            present = await connection.run_sync(_schema_objects)
+    finally:
+        await engine.dispose()
+    head = migrate.head_revision()
+    print(f"connected: {target.describe()} ({probe.latency_ms:.1f} ms)")
+    print(f"server version: {probe.server_version}")
+    print(f"migration revision: {revision or 'none'} (latest: {head})")
+    problems = []
+    if revision != head:
+        problems.append(f"schema is at {revision or 'no revision'}, expected {head}")
+    for table in SQLModel.metadata.sorted_tables:
+        found = present.get(table.name)
+        if found is None:
+            problems.append(f"table {table.name} is missing")
+            continue
+        expected = {index.name for index in table.indexes if index.name}
+        print(f"table {table.name}: indexes {', '.join(sorted(found)) or 'none'}")
+        problems.extend(f"index {name} is missing" for name in sorted(expected - found))
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if problems:
+        print("todo-api: database check failed; run `todo-api db upgrade`", file=sys.stderr)
+        return 1
+    print("database check passed")
+    return 0
+
+
+def _schema_objects(connection: sa.Connection) -> dict[str, set[str]]:
+    inspector = sa.inspect(connection)
+    return {
+        name: {index["name"] for index in inspector.get_indexes(name) if index["name"]}
+        for name in inspector.get_table_names()
+    }

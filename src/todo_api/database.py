@@ -1,0 +1,127 @@
+"""Engine, sessions and the start-up round trip.
+
+Nothing here connects at import time: `create_engine` only builds a pool, and the first
+connection is made by `verify_database` (start-up) or a request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import StaticPool
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from todo_api.database_url import DatabaseTarget
+from todo_api.settings import Settings
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached; the message says where and why, without secrets."""
+
+
+def create_engine(settings: Settings, *, direct: bool = False) -> AsyncEngine:
+    """Build the engine for the app (or, with `direct`, for migrations)."""
+    target = settings.database_direct if direct else settings.database
+    if target.is_sqlite:
+        return _sqlite_engine(target, settings)
+    connect_args: dict[str, Any] = {
+        "timeout": settings.db_connect_timeout,
+        # Client-side bound on every statement; a server-side statement_timeout would be a
+        # startup parameter, which PgBouncer rejects.
+        "command_timeout": settings.db_statement_timeout,
+        "server_settings": {"application_name": "todo-api"},
+        **target.connect_args,
+    }
+    return create_async_engine(
+        target.url,
+        connect_args=connect_args,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+        # Neon drops idle connections; recycle before that, and ping before use in case it did.
+        pool_recycle=settings.db_pool_recycle,
+        pool_pre_ping=True,
+    )
+
+
+def _sqlite_engine(target: DatabaseTarget, settings: Settings) -> AsyncEngine:
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": settings.db_statement_timeout}}
+    if target.is_memory:
+        # One shared connection, or every connection would see its own empty database.
+        kwargs["poolclass"] = StaticPool
+    engine = create_async_engine(target.url, **kwargs)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = ON")  # off by default; ON DELETE CASCADE needs it
+        if not target.is_memory:
+            cursor.execute("PRAGMA journal_mode = WAL")  # readers do not block the writer
+            cursor.execute("PRAGMA synchronous = NORMAL")  # durable in WAL mode across crashes
+        cursor.close()
+
+    return engine
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    # expire_on_commit=False: touching an expired attribute in async code raises MissingGreenlet.
+    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    async with factory() as session:
+        yield session
+
+
+@dataclass(frozen=True)
+class Probe:
+    latency_ms: float
+    server_version: str
+
+
+async def verify_database(engine: AsyncEngine, target: DatabaseTarget) -> Probe:
+    """One real round trip; DatabaseUnavailable with host, port, database and the reason."""
+    started = time.perf_counter()
+    try:
+        async with engine.connect() as connection:
+            version = await connection.scalar(sa.text(_version_query(target)))
+    except Exception as error:  # every failure to reach the database means the same to the caller
+        raise DatabaseUnavailable(
+            f"cannot connect to {target.describe()}: {describe_error(error)}"
+        ) from error
+    return Probe(
+        latency_ms=(time.perf_counter() - started) * 1000, server_version=str(version or "")
+    )
+
+
+def _version_query(target: DatabaseTarget) -> str:
+    return "SELECT sqlite_version()" if target.is_sqlite else "SHOW server_version"
+
+
+def describe_error(error: BaseException) -> str:
+    """The driver's own reason, without SQLAlchemy's statement and parameter dump."""
+    if isinstance(error, exc.DBAPIError) and error.orig is not None:
+        error = error.orig
+    reason = str(error).strip() or type(error).__name__
+    return f"{type(error).__name__}: {reason}"
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """True for errors that mean "the database is not reachable right now" (answer 503)."""
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(
+        error,
+        exc.OperationalError
+        | exc.InterfaceError
+        | exc.TimeoutError  # pool exhausted for db_pool_timeout seconds
+        | DatabaseUnavailable
+        | OSError
+        | TimeoutError,
+    )

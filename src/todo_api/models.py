@@ -1,0 +1,205 @@
+"""Tables and the API's request/response shapes.
+
+Tables (`table=True`) do not validate on construction (fastapi/sqlmodel#52), so input is only
+accepted through the non-table models below; the database constraints back the same rules.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from pydantic import AfterValidator, ConfigDict, Strict, StringConstraints, model_validator
+from sqlmodel import Field, SQLModel
+
+TITLE_MAX = 255
+DESCRIPTION_MAX = 10_000
+USER_ID_MAX = 128
+# Ids come from an identity provider: any printable characters, no whitespace or controls.
+USER_ID_PATTERN = r"^[^\s\x00-\x1f\x7f]{1,128}$"
+
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC on every database.
+
+    PostgreSQL stores `timestamptz`; SQLite has no time zones and hands back naive values,
+    which are UTC because only UTC is ever written.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime; use an aware UTC datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+    __table_args__ = (sa.CheckConstraint("length(id) BETWEEN 1 AND 128", name="id_length"),)
+
+    id: str = Field(sa_column=sa.Column(sa.String(USER_ID_MAX), primary_key=True))
+    email: str | None = Field(
+        default=None, sa_column=sa.Column(sa.String(320), unique=True, nullable=True)
+    )
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime, nullable=False))
+
+
+class Task(SQLModel, table=True):
+    __tablename__ = "tasks"
+    __table_args__ = (
+        sa.CheckConstraint(
+            "length(trim(title)) >= 1 AND length(title) <= 255", name="title_length"
+        ),
+        sa.CheckConstraint(
+            "description IS NULL OR length(description) <= 10000", name="description_length"
+        ),
+        # Serves "this user's tasks, newest first" and its keyset pagination, in both directions.
+        sa.Index("ix_tasks_user_id_created_at_id", "user_id", "created_at", "id"),
+    )
+
+    id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid, primary_key=True))
+    user_id: str = Field(
+        sa_column=sa.Column(
+            sa.String(USER_ID_MAX),
+            sa.ForeignKey("users.id", ondelete="CASCADE"),
+            nullable=False,
+        )
+    )
+    title: str = Field(sa_column=sa.Column(sa.String(TITLE_MAX), nullable=False))
+    description: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    completed: bool = Field(
+        default=False,
+        sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false()),
+    )
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=sa.Column(UTCDateTime, nullable=False))
+
+
+# --- request and response shapes --------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _storable(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, and a lone surrogate cannot be encoded as UTF-8:
+    # both would otherwise fail deep in the driver as a 500.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+def _single_line(value: str) -> str:
+    _storable(value)
+    if _CONTROL.search(value):
+        raise ValueError("must be a single line without control characters")
+    return value
+
+
+Title = Annotated[
+    str,
+    Strict(),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX),
+    AfterValidator(_single_line),
+]
+Description = Annotated[
+    str, Strict(), StringConstraints(max_length=DESCRIPTION_MAX), AfterValidator(_storable)
+]
+StrictBool = Annotated[bool, Strict()]
+
+READ_ONLY_FIELDS = frozenset({"id", "user_id", "created_at", "updated_at"})
+
+
+class _Input(SQLModel):
+    # Unknown and read-only fields are errors, not silently ignored typos.
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+
+class TaskCreate(_Input):
+    """A new task, or the full replacement of one (PUT): omitted fields take their defaults."""
+
+    title: Title
+    description: Description | None = None
+    completed: StrictBool = False
+
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"title": "Buy milk", "description": "2 litres", "completed": False}]
+        },
+    )
+
+
+class TaskUpdate(_Input):
+    """A partial update (PATCH): only the fields present change; `description: null` clears it."""
+
+    title: Title | None = None
+    description: Description | None = None
+    completed: StrictBool | None = None
+
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid", json_schema_extra={"examples": [{"completed": True}]}
+    )
+
+    @model_validator(mode="after")
+    def _no_null_for_required(self) -> TaskUpdate:
+        for name in ("title", "completed"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
+class CompletionSet(_Input):
+    """Body of `…/complete`: set this value instead of toggling, so a retry is harmless."""
+
+    completed: StrictBool
+
+
+class TaskRead(SQLModel):
+    id: uuid.UUID
+    user_id: str
+    title: str
+    description: str | None
+    completed: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class TaskPage(SQLModel):
+    items: list[TaskRead]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` to get the next page; null on the last page."
+    )

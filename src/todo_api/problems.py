@@ -1,0 +1,192 @@
+"""RFC 9457 problem details: every error this API returns has this shape.
+
+Routes raise `ProblemError` subclasses; framework errors (unknown route, 405, validation) and
+database failures are translated here, so no error ever leaves as HTML, plain text or a trace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from todo_api.database import describe_error, is_unavailable
+from todo_api.models import READ_ONLY_FIELDS
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER_SECONDS = 5
+
+log = logging.getLogger("todo_api.errors")
+
+
+class FieldError(BaseModel):
+    location: str = Field(description="body, query, path or header", examples=["body"])
+    field: str = Field(description="dotted path of the offending field", examples=["title"])
+    message: str = Field(examples=["String should have at most 255 characters"])
+    type: str = Field(description="machine-readable error code", examples=["string_too_long"])
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document."""
+
+    type: str = Field(default="about:blank", examples=["about:blank"])
+    title: str = Field(examples=["Not Found"])
+    status: int = Field(examples=[404])
+    detail: str = Field(examples=["No task 0b6a… for this user"])
+    errors: list[FieldError] | None = Field(
+        default=None, description="Present on 422: one entry per invalid field"
+    )
+
+
+class ProblemError(Exception):
+    status: int = 500
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+
+class BadRequest(ProblemError):
+    status = 400
+
+
+class NotFound(ProblemError):
+    status = 404
+
+
+class Conflict(ProblemError):
+    status = 409
+
+
+class ServiceUnavailable(ProblemError):
+    status = 503
+
+
+def problem_body(
+    status: int, detail: str, errors: Sequence[FieldError] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if errors is not None:
+        body["errors"] = [error.model_dump() for error in errors]
+    return body
+
+
+def problem_bytes(status: int, detail: str) -> bytes:
+    """For pure ASGI code that answers before FastAPI runs (e.g. the body size guard)."""
+    return json.dumps(problem_body(status, detail)).encode()
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    errors: Sequence[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        problem_body(status, detail, errors),
+        status_code=status,
+        headers=headers,
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries declaring the problem schema for each error status."""
+    return {
+        status: {
+            "description": HTTPStatus(status).phrase,
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }
+
+
+def field_errors(raw: Sequence[Any]) -> list[FieldError]:
+    result = []
+    for error in raw:
+        location, *path = [str(part) for part in error.get("loc", ())] or ["body"]
+        field = ".".join(path)
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        kind = str(error.get("type", "value_error"))
+        if kind == "extra_forbidden":
+            message = (
+                f"{field} is read-only; it is set by the server"
+                if field in READ_ONLY_FIELDS
+                else f"unknown field {field!r}"
+            )
+        result.append(FieldError(location=location, field=field, message=message, type=kind))
+    return result
+
+
+async def _problem_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ProblemError)
+    return problem_response(error.status, error.detail, headers=error.headers)
+
+
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    detail = str(error.detail)
+    if error.status_code == 404 and detail == HTTPStatus(404).phrase:
+        detail = f"No route matches {request.method} {request.url.path}"
+    elif error.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    return problem_response(error.status_code, detail, headers=error.headers)
+
+
+async def _validation_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    raw = error.errors()
+    if any(item.get("type") == "json_invalid" for item in raw):
+        return problem_response(400, "The request body is not valid JSON")
+    errors = field_errors(raw)
+    summary = "; ".join(f"{e.field or e.location}: {e.message}" for e in errors)
+    return problem_response(422, f"Invalid request: {summary}", errors=errors)
+
+
+async def _database_error(request: Request, error: Exception) -> JSONResponse:
+    if is_unavailable(error):
+        log.warning(
+            "database unavailable during %s %s: %s",
+            request.method,
+            request.url.path,
+            describe_error(error),
+        )
+        return problem_response(
+            503,
+            "The database is unavailable; retry shortly",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    if isinstance(error, sa_exc.IntegrityError):
+        log.warning("integrity error on %s %s: %s", request.method, request.url.path, error.orig)
+        return problem_response(409, "The change conflicts with the stored data")
+    return await _unexpected_error(request, error)
+
+
+async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return problem_response(500, "An unexpected error occurred; it has been logged")
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ProblemError, _problem_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    for database_error in (sa_exc.SQLAlchemyError, OSError, TimeoutError):
+        app.add_exception_handler(database_error, _database_error)
+    app.add_exception_handler(Exception, _unexpected_error)
