@@ -1,0 +1,120 @@
+"""Shared fixtures: every API test runs once on SQLite and once on a real PostgreSQL.
+
+PostgreSQL tests use TEST_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/test) only
+to create a database of their own, which is dropped at the end. In CI (CI=true) an unreachable
+PostgreSQL fails the run; elsewhere those tests are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from support import IN_CI, admin_url, running, settings_for
+from todo_api import migrate
+from todo_api.database import create_engine
+from todo_api.settings import Settings
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _admin_execute(statement: str) -> None:
+    connection = await asyncpg.connect(_asyncpg_dsn(admin_url()), timeout=10)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def postgresql_server_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session (dropped afterwards)."""
+    name = f"todo_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        asyncio.run(_admin_execute(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as error:
+        message = f"PostgreSQL at TEST_DATABASE_URL is unreachable: {type(error).__name__}: {error}"
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    url = make_url(admin_url()).set(database=name).render_as_string(hide_password=False)
+    asyncio.run(_migrate(url))
+    yield url
+    asyncio.run(_admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def sqlite_server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'todo.db'}"
+    asyncio.run(_migrate(url))
+    return url
+
+
+async def _migrate(url: str) -> None:
+    engine = create_engine(settings_for(url))
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest) -> str:
+    """The migrated database of this backend, emptied before the test."""
+    url: str = request.getfixturevalue(f"{backend}_server_url")
+    asyncio.run(_empty(url))
+    return url
+
+
+async def _empty(url: str) -> None:
+    engine = create_engine(settings_for(url))
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(sa.text("DELETE FROM tasks"))
+            await connection.execute(sa.text("DELETE FROM users"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return settings_for(database_url)
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(settings) as http:
+        yield http
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """A separate engine for looking at the database directly (what is really stored)."""
+    db = create_engine(settings)
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent

@@ -1,0 +1,79 @@
+"""Helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from todo_api.app import create_app
+from todo_api.settings import Settings, load_settings
+
+DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PROBLEM = "application/problem+json"
+
+
+def admin_url() -> str:
+    return os.environ.get("TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
+
+
+def settings_for(url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"app_env": "test", "database_url": url, "auto_migrate": False}
+    return load_settings(**(values | overrides))
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A started app (lifespan run) and an HTTP client talking to it in process."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+
+
+def app_of(client: httpx.AsyncClient) -> FastAPI:
+    app: FastAPI = client.app  # type: ignore[attr-defined]
+    return app
+
+
+async def count_rows(engine: AsyncEngine, table: str = "tasks") -> int:
+    async with engine.connect() as connection:
+        return int(await connection.scalar(sa.text(f"SELECT count(*) FROM {table}")) or 0)
+
+
+async def stored_task(engine: AsyncEngine, task_id: str) -> dict[str, Any] | None:
+    """The task row as the database holds it, or None."""
+    async with engine.connect() as connection:
+        row = (
+            await connection.execute(
+                sa.text("SELECT * FROM tasks WHERE id = :id"),
+                {"id": _db_uuid(engine, task_id)},
+            )
+        ).one_or_none()
+    return dict(row._mapping) if row else None
+
+
+def _db_uuid(engine: AsyncEngine, task_id: str) -> Any:
+    # SQLite stores UUIDs as 32 hex characters; PostgreSQL has a native uuid type.
+    parsed = uuid.UUID(task_id)
+    return parsed.hex if engine.dialect.name == "sqlite" else parsed
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The response is an RFC 9457 problem with this status; returns its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM), response.headers
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["title"] and body["detail"] and body["type"]
+    return body
