@@ -108,7 +108,7 @@ def describe_error(error: BaseException) -> str:
     """The driver's own reason, without SQLAlchemy's statement and parameter dump."""
     if isinstance(error, exc.DBAPIError) and error.orig is not None:
         error = error.orig
-    reason = str(error).strip() or type(error).__name__
+    reason = str(error).strip() or ("timed out" if isinstance(error, TimeoutError) else "no detail")
     return f"{type(error).__name__}: {reason}"
 
 

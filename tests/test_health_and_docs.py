@@ -1,0 +1,86 @@
+"""Probes, problem documents for framework errors, and the OpenAPI description."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from support import assert_problem
+from todo_api import __version__
+
+
+async def test_liveness_reports_version_and_uptime_quickly(client: httpx.AsyncClient) -> None:
+    started = time.perf_counter()
+    response = await client.get("/health")
+    assert time.perf_counter() - started < 0.1
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["version"] == __version__
+    assert body["uptime_seconds"] >= 0
+
+
+async def test_readiness_reports_database_latency_and_revision(
+    client: httpx.AsyncClient, backend: str
+) -> None:
+    response = await client.get("/health/ready")
+    assert response.status_code == 200
+    database = response.json()["database"]
+    assert database["dialect"] == backend
+    assert database["latency_ms"] > 0
+    assert database["revision"] == database["head_revision"] == "0001"
+
+
+async def test_unknown_route_is_a_404_problem(client: httpx.AsyncClient) -> None:
+    body = assert_problem(await client.get("/no/such/route"), 404)
+    assert "/no/such/route" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("DELETE", "/api/alice/tasks"), ("POST", "/health"), ("PUT", "/api/alice/tasks")],
+)
+async def test_wrong_method_is_a_405_problem(
+    client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    response = await client.request(method, path)
+    body = assert_problem(response, 405)
+    assert method in body["detail"]
+    assert response.headers["allow"]
+
+
+async def test_openapi_declares_every_error_status_with_the_problem_schema(
+    client: httpx.AsyncClient,
+) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    problem = spec["components"]["schemas"]["Problem"]
+    assert {"type", "title", "status", "detail", "errors"} <= set(problem["properties"])
+    expected = {
+        ("get", "/api/{user_id}/tasks"): {"200", "400", "422", "503"},
+        ("post", "/api/{user_id}/tasks"): {"201", "409", "413", "415", "422", "503"},
+        ("get", "/api/{user_id}/tasks/{task_id}"): {"200", "404", "422", "503"},
+        ("put", "/api/{user_id}/tasks/{task_id}"): {"200", "404", "413", "415", "422", "503"},
+        ("patch", "/api/{user_id}/tasks/{task_id}"): {"200", "404", "413", "415", "422", "503"},
+        ("delete", "/api/{user_id}/tasks/{task_id}"): {"204", "404", "422", "503"},
+        ("patch", "/api/{user_id}/tasks/{task_id}/complete"): {
+            "200", "404", "413", "415", "422", "503",
+        },  # fmt: skip
+        ("get", "/health/ready"): {"200", "503"},
+    }
+    for (method, path), statuses in expected.items():
+        operation = spec["paths"][path][method]
+        assert set(operation["responses"]) == statuses, (method, path)
+        assert operation["operationId"] and operation["summary"]
+        for status, response in operation["responses"].items():
+            if status.startswith(("4", "5")):
+                schema = response["content"]["application/problem+json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/Problem"}
+
+
+async def test_operation_ids_are_stable_and_unique(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    ids = [op["operationId"] for item in spec["paths"].values() for op in item.values()]
+    assert len(ids) == len(set(ids))
+    assert "tasks-create_task" in ids and "tasks-list_tasks" in ids

@@ -1,0 +1,45 @@
+"""What was acknowledged survives a restart: a new app instance on the same database."""
+
+from __future__ import annotations
+
+import httpx
+
+from support import running
+from todo_api.settings import Settings
+
+
+async def test_tasks_survive_an_app_restart(settings: Settings) -> None:
+    async with running(settings) as first:
+        created = (await first.post("/api/alice/tasks", json={"title": "persist me"})).json()
+        toggled = (await first.patch(f"/api/alice/tasks/{created['id']}/complete")).json()
+
+    async with running(settings) as second:
+        response = await second.get(f"/api/alice/tasks/{created['id']}")
+        listing = (await second.get("/api/alice/tasks")).json()
+
+    assert response.status_code == 200
+    assert response.json() == toggled
+    assert [task["id"] for task in listing["items"]] == [created["id"]]
+
+
+async def test_a_cursor_survives_a_restart(settings: Settings) -> None:
+    async with running(settings) as first:
+        for i in range(3):
+            await first.post("/api/alice/tasks", json={"title": f"t{i}"})
+        page = (await first.get("/api/alice/tasks", params={"limit": 2})).json()
+
+    async with running(settings) as second:
+        rest = await second.get(
+            "/api/alice/tasks", params={"limit": 2, "cursor": page["next_cursor"]}
+        )
+    assert rest.status_code == 200
+    assert [task["title"] for task in rest.json()["items"]] == ["t0"]
+
+
+async def test_startup_with_auto_migrate_on_a_current_schema_is_a_no_op(
+    settings: Settings,
+) -> None:
+    migrating = settings.model_copy(update={"auto_migrate": True})
+    async with running(migrating) as client:
+        response: httpx.Response = await client.get("/health/ready")
+    assert response.status_code == 200
