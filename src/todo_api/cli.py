@@ -7,13 +7,16 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import sqlalchemy as sa
+from sqlmodel import SQLModel
 
 from todo_api import migrate
+from todo_api import models as _models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from todo_api.database import DatabaseUnavailable, create_engine, verify_database
+from todo_api.database_url import DatabaseTarget
 from todo_api.logs import configure_logging
-from todo_api.models import SQLModel
 from todo_api.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("todo_api.cli")
@@ -57,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(settings: Settings, *, host: str, port: int, workers: int) -> int:
     import uvicorn
 
+    # Reach (and migrate) the database before uvicorn starts, so that a failure is one clear
+    # line and exit status 1 rather than a lifespan traceback from every worker.
+    try:
+        asyncio.run(_prepare(settings))
+    except DatabaseUnavailable as error:
+        log.error("start-up failed: %s", error)
+        print(f"todo-api: {error}", file=sys.stderr)
+        return 1
+
     # The factory re-reads settings in each worker process, from the same environment.
     # log_config=None keeps our logging setup instead of uvicorn's.
     uvicorn.run(
@@ -70,6 +82,14 @@ def _serve(settings: Settings, *, host: str, port: int, workers: int) -> int:
         server_header=False,
     )
     return 0
+
+
+async def _prepare(settings: Settings) -> None:
+    engine = create_engine(settings)
+    try:
+        await migrate.prepare_database(settings, engine)
+    finally:
+        await engine.dispose()
 
 
 async def _db_upgrade(settings: Settings) -> int:
@@ -88,6 +108,13 @@ async def _db_upgrade(settings: Settings) -> int:
 
 async def _db_check(settings: Settings) -> int:
     target = settings.database
+    if _missing_sqlite_file(target):
+        # Connecting would create an empty file: a check must not change anything.
+        print(
+            f"todo-api: {target.describe()} does not exist; run `todo-api db upgrade` to create it",
+            file=sys.stderr,
+        )
+        return 1
     engine = create_engine(settings)
     try:
         probe = await verify_database(engine, target)
@@ -118,6 +145,12 @@ async def _db_check(settings: Settings) -> int:
         return 1
     print("database check passed")
     return 0
+
+
+def _missing_sqlite_file(target: DatabaseTarget) -> bool:
+    if not target.is_sqlite or target.is_memory or target.url.query.get("uri"):
+        return False
+    return not Path(str(target.url.database)).exists()
 
 
 def _schema_objects(connection: sa.Connection) -> dict[str, set[str]]:

@@ -6,6 +6,10 @@ connection is made by `verify_database` (start-up) or a request.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,12 +17,19 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import StaticPool
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from todo_api.database_url import DatabaseTarget
 from todo_api.settings import Settings
+
+
+log = logging.getLogger("todo_api.database")
 
 
 class DatabaseUnavailable(Exception):
@@ -38,6 +49,11 @@ def create_engine(settings: Settings, *, direct: bool = False) -> AsyncEngine:
         "server_settings": {"application_name": "todo-api"},
         **target.connect_args,
     }
+    if settings.behind_transaction_pooler(target):
+        # PgBouncer in transaction mode hands each transaction to any server connection, where
+        # a named prepared statement from another client may already exist. Unnamed statements
+        # only: asyncpg's cache off (its prepare() is then unnamed) and SQLAlchemy's cache off.
+        connect_args |= {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
     return create_async_engine(
         target.url,
         connect_args=connect_args,
@@ -98,6 +114,42 @@ async def verify_database(engine: AsyncEngine, target: DatabaseTarget) -> Probe:
     return Probe(
         latency_ms=(time.perf_counter() - started) * 1000, server_version=str(version or "")
     )
+
+
+async def wait_for_database(
+    engine: AsyncEngine, target: DatabaseTarget, *, deadline_seconds: float
+) -> Probe:
+    """Connect, retrying with exponential backoff and full jitter until the deadline.
+
+    A suspended Neon compute takes a moment to wake and a database restarting refuses briefly;
+    a wrong password or database name will not fix itself, so those fail at once.
+    """
+    started = time.monotonic()
+    delay = 0.25
+    for attempt in itertools.count(1):
+        try:
+            return await verify_database(engine, target)
+        except DatabaseUnavailable as error:
+            elapsed = time.monotonic() - started
+            remaining = deadline_seconds - elapsed
+            if remaining <= 0 or _is_permanent(error):
+                raise DatabaseUnavailable(
+                    f"{error} (gave up after {attempt} attempt{'s' if attempt > 1 else ''} "
+                    f"in {elapsed:.1f} s)"
+                ) from error.__cause__
+            pause = min(remaining, random.uniform(delay / 2, delay))
+            log.warning("database attempt %d failed: %s; retrying in %.2f s", attempt, error, pause)
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _is_permanent(error: DatabaseUnavailable) -> bool:
+    # SQLSTATE class 28: authentication; 3D000: no such database. Both need a human.
+    cause = error.__cause__
+    orig = cause.orig if isinstance(cause, exc.DBAPIError) else cause
+    sqlstate = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+    return sqlstate.startswith("28") or sqlstate == "3D000"
 
 
 def _version_query(target: DatabaseTarget) -> str:

@@ -25,7 +25,7 @@ SQLITE_SCHEMES = {"sqlite", "sqlite+aiosqlite"}
 
 
 class DatabaseUrlError(ValueError):
-    """The URL cannot be used. The message never contains the URL itself (it may hold a password)."""
+    """The URL cannot be used. The message never repeats the URL (it may hold a password)."""
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,18 @@ class DatabaseTarget:
     def is_memory(self) -> bool:
         return self.is_sqlite and self.url.database in (None, "", ":memory:")
 
+    @property
+    def is_pooler_host(self) -> bool:
+        """Neon names its PgBouncer endpoints `ep-…-pooler.…`."""
+        return not self.is_sqlite and "-pooler" in (self.url.host or "")
+
     def describe(self) -> str:
         """Where we connect, safe to print: no password."""
         if self.is_sqlite:
             return f"sqlite database {self.url.database or ':memory:'}"
-        return (
-            f"postgresql database {self.url.database or '(default)'!r} on "
-            f"{self.url.host or 'local socket'}:{self.url.port or 5432} as user {self.url.username!r}"
-        )
+        host = f"{self.url.host or 'local socket'}:{self.url.port or 5432}"
+        database = self.url.database or "(default)"
+        return f"postgresql database {database!r} on {host} as user {self.url.username!r}"
 
     def masked(self) -> str:
         return self.url.render_as_string(hide_password=True)
@@ -63,17 +67,13 @@ def parse_database_url(raw: str) -> DatabaseTarget:
     try:
         url = make_url(raw.strip())
     except (ArgumentError, ValueError):
-        raise DatabaseUrlError(
-            f"is not a valid database URL; expected {EXPECTED_FORMS}"
-        ) from None
+        raise DatabaseUrlError(f"is not a valid database URL; expected {EXPECTED_FORMS}") from None
     scheme = url.drivername
     if scheme in SQLITE_SCHEMES:
         return DatabaseTarget(url=url.set(drivername="sqlite+aiosqlite"))
     if scheme in POSTGRES_SCHEMES:
         return _postgres_target(url)
-    raise DatabaseUrlError(
-        f"uses the unsupported scheme {scheme!r}; expected {EXPECTED_FORMS}"
-    )
+    raise DatabaseUrlError(f"uses the unsupported scheme {scheme!r}; expected {EXPECTED_FORMS}")
 
 
 def _postgres_target(url: URL) -> DatabaseTarget:
@@ -89,9 +89,7 @@ def _postgres_target(url: URL) -> DatabaseTarget:
     channel_binding = query.pop("channel_binding", None)
     if channel_binding is not None:
         if channel_binding not in ("disable", "prefer", "require"):
-            raise DatabaseUrlError(
-                "parameter channel_binding must be disable, prefer or require"
-            )
+            raise DatabaseUrlError("parameter channel_binding must be disable, prefer or require")
         if channel_binding != "disable":
             notes.append(
                 f"channel_binding={channel_binding} requested, but the asyncpg driver cannot do "

@@ -6,6 +6,7 @@ Alembic is synchronous; it runs on an async connection through `run_sync` (Alemb
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -15,6 +16,17 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from todo_api.database import (
+    DatabaseUnavailable,
+    create_engine,
+    describe_error,
+    is_unavailable,
+    wait_for_database,
+)
+from todo_api.settings import Settings
+
+log = logging.getLogger("todo_api.migrate")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Arbitrary but fixed: every replica must take the same PostgreSQL advisory lock.
@@ -58,3 +70,32 @@ async def current_revision(connection: AsyncConnection) -> str | None:
     return await connection.run_sync(
         lambda sync: MigrationContext.configure(sync).get_current_revision()
     )
+
+
+async def prepare_database(settings: Settings, engine: AsyncEngine) -> str | None:
+    """Start-up: wait for the database (bounded retries), then apply pending migrations.
+
+    Migrations use DATABASE_URL_DIRECT when set: advisory locks and DDL need a real session,
+    not a transaction-pooled one. Returns the schema revision when it was checked.
+    """
+    deadline = settings.db_connect_deadline
+    await wait_for_database(engine, settings.database, deadline_seconds=deadline)
+    if not settings.auto_migrate:
+        return None
+    target = settings.database_direct
+    direct = create_engine(settings, direct=True)
+    try:
+        if settings.database_url_direct:
+            await wait_for_database(direct, target, deadline_seconds=deadline)
+        before, after = await upgrade(direct)
+    except Exception as error:
+        if is_unavailable(error):
+            raise DatabaseUnavailable(
+                f"cannot migrate {target.describe()}: {describe_error(error)}"
+            ) from error
+        raise
+    finally:
+        await direct.dispose()
+    if before != after:
+        log.info("migrated database schema from %s to %s", before or "empty", after)
+    return after

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     db_connect_timeout: float = Field(default=10.0, gt=0, le=300)
     db_pool_recycle: int = Field(default=240, ge=1)
     db_statement_timeout: float = Field(default=30.0, gt=0, le=3600)
+    # Start-up keeps retrying (backoff with jitter) this long: a suspended Neon compute wakes slowly.
+    db_connect_deadline: float = Field(default=30.0, ge=0, le=600)
+    # `transaction`: behind PgBouncer in transaction mode (no prepared statement reuse);
+    # `auto`: transaction when the host is a Neon `-pooler` endpoint, session otherwise.
+    db_pool_mode: Literal["auto", "session", "transaction"] = "auto"
 
     log_level: str = "INFO"
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=10 * 1024 * 1024)
@@ -78,6 +83,11 @@ class Settings(BaseSettings):
     def database(self) -> DatabaseTarget:
         """The parsed database target (driver URL, connect arguments, a printable form)."""
         return parse_database_url(self.database_url or DEFAULT_SQLITE_URL)
+
+    def behind_transaction_pooler(self, target: DatabaseTarget) -> bool:
+        if self.db_pool_mode == "auto":
+            return target.is_pooler_host
+        return self.db_pool_mode == "transaction" and not target.is_sqlite
 
     @cached_property
     def database_direct(self) -> DatabaseTarget:

@@ -61,9 +61,7 @@ async def readiness(request: Request, settings: SettingsDep) -> Readiness | JSON
                 revision = await migrate.current_revision(connection)
     except (DatabaseUnavailable, TimeoutError) as error:
         reason = str(error) if isinstance(error, DatabaseUnavailable) else describe_error(error)
-        return problem_response(
-            503, f"database not ready: {reason}", headers={"Retry-After": "5"}
-        )
+        return problem_response(503, f"database not ready: {reason}", headers={"Retry-After": "5"})
     head = migrate.head_revision()
     if revision != head:
         return problem_response(

@@ -20,9 +20,11 @@ TaskId = Annotated[uuid.UUID, "task id"]
 # Every route can meet invalid input and a database outage.
 COMMON = (422, 503)
 
+
 def _missing(task_id: uuid.UUID) -> NotFound:
     # Identical whether the task never existed or belongs to someone else: no existence leak.
     return NotFound(f"No task {task_id} for this user")
+
 
 @router.get(
     "",
@@ -48,6 +50,7 @@ async def list_tasks(
     )
     return TaskPage(items=items, next_cursor=next_cursor.encode() if next_cursor else None)
 
+
 @router.post(
     "",
     summary="Create a task",
@@ -62,6 +65,7 @@ async def create_task(
     response.headers["Location"] = f"/api/{quote(user_id, safe='')}/tasks/{task.id}"
     return task
 
+
 @router.get(
     "/{task_id}", summary="Get a task", response_model=TaskRead, responses=responses(404, *COMMON)
 )
@@ -70,6 +74,7 @@ async def get_task(user_id: Owner, task_id: uuid.UUID, session: SessionDep) -> T
     if task is None:
         raise _missing(task_id)
     return task
+
 
 @router.put(
     "/{task_id}",
@@ -84,6 +89,7 @@ async def replace_task(
     if task is None:
         raise _missing(task_id)
     return task
+
 
 @router.patch(
     "/{task_id}",
@@ -101,6 +107,7 @@ async def update_task(
         raise _missing(task_id)
     return task
 
+
 @router.delete(
     "/{task_id}",
     summary="Delete a task",
@@ -113,10 +120,11 @@ async def delete_task(user_id: Owner, task_id: uuid.UUID, session: SessionDep) -
         raise _missing(task_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
+
 @router.patch(
     "/{task_id}/complete",
     summary="Toggle completion, or set it with a body",
-    description="Without a body the task's `completed` flips. With `{\"completed\": true|false}` "
+    description='Without a body the task\'s `completed` flips. With `{"completed": true|false}` '
     "it is set to that value, which makes retries safe.",
     response_model=TaskRead,
     responses=responses(404, 413, 415, *COMMON),

@@ -11,11 +11,11 @@ import asyncio
 
 from alembic import context
 from sqlalchemy.engine import Connection
+from sqlmodel import SQLModel
 
 from todo_api import models  # noqa: F401  (registers the tables on the metadata)
 from todo_api.database import create_engine
 from todo_api.settings import load_settings
-from sqlmodel import SQLModel
 
 target_metadata = SQLModel.metadata
 

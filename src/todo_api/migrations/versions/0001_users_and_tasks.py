@@ -32,7 +32,7 @@ def upgrade() -> None:
         "tasks",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("user_id", sa.String(128), nullable=False),
-        sa.Column("title", sa.String(255), nullable=False),
+        sa.Column("title", sa.Text(), nullable=False),
         sa.Column("description", sa.Text(), nullable=True),
         sa.Column("completed", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
