@@ -64,9 +64,9 @@ async def test_openapi_declares_every_error_status_with_the_problem_schema(
         ("put", "/api/{user_id}/tasks/{task_id}"): {"200", "404", "413", "415", "422", "503"},
         ("patch", "/api/{user_id}/tasks/{task_id}"): {"200", "404", "413", "415", "422", "503"},
         ("delete", "/api/{user_id}/tasks/{task_id}"): {"204", "404", "422", "503"},
-        ("patch", "/api/{user_id}/tasks/{task_id}/complete"): {
-            "200", "404", "413", "415", "422", "503",
-        },  # fmt: skip
+        ("patch", "/api/{user_id}/tasks/{task_id}/complete"): (
+            {"200", "404", "413", "415", "422", "503"}
+        ),
         ("get", "/health/ready"): {"200", "503"},
     }
     for (method, path), statuses in expected.items():

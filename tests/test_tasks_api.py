@@ -11,7 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from support import assert_problem, count_rows, stored_task
 
 
-async def create(client: httpx.AsyncClient, user: str = "alice", **fields: object) -> dict[str, object]:
+async def create(
+    client: httpx.AsyncClient, user: str = "alice", **fields: object
+) -> dict[str, object]:
     response = await client.post(f"/api/{user}/tasks", json={"title": "Buy milk", **fields})
     assert response.status_code == 201, response.text
     body: dict[str, object] = response.json()
@@ -193,7 +195,9 @@ async def test_delete_removes_the_task(client: httpx.AsyncClient, engine: AsyncE
     assert_problem(await client.delete(f"/api/alice/tasks/{task['id']}"), 404)
 
 
-async def test_complete_without_body_toggles(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+async def test_complete_without_body_toggles(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
     task = await create(client)
     url = f"/api/alice/tasks/{task['id']}/complete"
 

@@ -28,7 +28,6 @@ from sqlalchemy.pool import StaticPool
 from todo_api.database_url import DatabaseTarget
 from todo_api.settings import Settings
 
-
 log = logging.getLogger("todo_api.database")
 
 

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     db_connect_timeout: float = Field(default=10.0, gt=0, le=300)
     db_pool_recycle: int = Field(default=240, ge=1)
     db_statement_timeout: float = Field(default=30.0, gt=0, le=3600)
-    # Start-up keeps retrying (backoff with jitter) this long: a suspended Neon compute wakes slowly.
+    # Start-up retries (backoff with jitter) this long: a suspended Neon compute wakes slowly.
     db_connect_deadline: float = Field(default=30.0, ge=0, le=600)
     # `transaction`: behind PgBouncer in transaction mode (no prepared statement reuse);
     # `auto`: transaction when the host is a Neon `-pooler` endpoint, session otherwise.
