@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -75,7 +76,10 @@ logfile = {self.workdir / "pgbouncer.log"}
             for path in self.workdir.iterdir():
                 shutil.chown(path, "postgres")
             command[1:1] = ["-u", "postgres"]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # Console output to a file, never an unread pipe: once the pipe's buffer is full,
+        # PgBouncer blocks on its next log line and every client hangs.
+        with open(self.workdir / "console.log", "wb") as console:
+            self.process = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT)
         self._wait_until_listening()
 
     def _wait_until_listening(self, timeout: float = 10.0) -> None:
@@ -83,7 +87,7 @@ logfile = {self.workdir / "pgbouncer.log"}
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                output = self.process.stdout.read().decode() if self.process.stdout else ""
+                output = (self.workdir / "console.log").read_text()
                 raise RuntimeError(f"pgbouncer exited: {output}{self.log()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
@@ -98,6 +102,13 @@ logfile = {self.workdir / "pgbouncer.log"}
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+            # SIGINT is PgBouncer's immediate shutdown; SIGTERM would wait for every client.
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if os.environ.get("KEEP_PGBOUNCER_LOG"):
+            print(self.log()[-20000:])
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from support import count_rows, stored_task
+
+pytestmark = pytest.mark.through_pooler
 
 
 async def test_concurrent_toggles_are_never_lost(

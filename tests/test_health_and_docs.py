@@ -10,6 +10,8 @@ import pytest
 from support import assert_problem
 from todo_api import __version__
 
+pytestmark = pytest.mark.through_pooler
+
 
 async def test_liveness_reports_version_and_uptime_quickly(client: httpx.AsyncClient) -> None:
     started = time.perf_counter()
@@ -28,7 +30,7 @@ async def test_readiness_reports_database_latency_and_revision(
     response = await client.get("/health/ready")
     assert response.status_code == 200
     database = response.json()["database"]
-    assert database["dialect"] == backend
+    assert database["dialect"] == ("sqlite" if backend == "sqlite" else "postgresql")
     assert database["latency_ms"] > 0
     assert database["revision"] == database["head_revision"] == "0001"
 

@@ -7,6 +7,8 @@ import pytest
 
 from support import assert_problem
 
+pytestmark = pytest.mark.through_pooler
+
 
 async def add_tasks(client: httpx.AsyncClient, count: int, prefix: str = "t") -> list[str]:
     ids = []

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from support import running
 from todo_api.settings import Settings
+
+pytestmark = pytest.mark.through_pooler
 
 
 async def test_tasks_survive_an_app_restart(settings: Settings) -> None:

@@ -6,9 +6,12 @@ import uuid
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from support import assert_problem, count_rows, stored_task
+
+pytestmark = pytest.mark.through_pooler
 
 
 async def create(

@@ -28,28 +28,39 @@ class RequestBodyGuard:
             return
 
         # Buffer the (small) body so an oversized chunked upload is cut off at the limit.
-        messages: list[Message] = []
-        size = 0
+        body = bytearray()
         while True:
             message = await receive()
-            messages.append(message)
             if message["type"] != "http.request":
-                break  # client went away; let the app see the disconnect
-            size += len(message.get("body", b""))
-            if size > self.max_bytes:
+                return  # the client went away before sending its body: nobody to answer
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
                 await self._refuse(send, 413, self._too_large())
                 return
             if not message.get("more_body", False):
                 break
 
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if size > 0 and not _is_json(content_type):
+        if body and not _is_json(content_type):
             detail = "Request bodies must be JSON (Content-Type: application/json)"
             await self._refuse(send, 415, detail)
             return
+        try:
+            # Python's json module would let UTF-8-encoded surrogates through; JSON is UTF-8.
+            body.decode("utf-8")
+        except UnicodeDecodeError as error:
+            detail = f"The request body is not valid UTF-8 (byte {error.start})"
+            await self._refuse(send, 400, detail)
+            return
+
+        replayed = False
 
         async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: wait for a disconnect, as usual
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         await self.app(scope, replay, send)
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from pydantic import AfterValidator, ConfigDict, Strict, StringConstraints, model_validator
+from pydantic import AfterValidator, ConfigDict, Strict, StringConstraints, field_validator
 from sqlmodel import Field, SQLModel
 
 TITLE_MAX = 255
@@ -171,12 +171,14 @@ class TaskUpdate(_Input):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"completed": True}]})
 
-    @model_validator(mode="after")
-    def _no_null_for_required(self) -> TaskUpdate:
-        for name in ("title", "completed"):
-            if name in self.model_fields_set and getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
-        return self
+    @field_validator("title", "completed", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        # May be omitted, but not cleared: only `description` is nullable. (A field validator,
+        # so that the error names the field.)
+        if value is None:
+            raise ValueError("cannot be null")
+        return value
 
     def changes(self) -> dict[str, Any]:
         return self.model_dump(exclude_unset=True)

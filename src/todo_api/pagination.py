@@ -39,5 +39,7 @@ class Cursor:
             if moment.tzinfo is None:
                 raise InvalidCursor("cursor time has no zone")
             return cls(created_at=moment.astimezone(UTC), id=uuid.UUID(hex=task_id))
-        except (ValueError, TypeError, binascii.Error, UnicodeError) as error:
+        # Edited cursors fail in many ways: a non-string id (AttributeError), a time at the
+        # edge of the calendar (OverflowError), bad base64 or JSON (ValueError) ...
+        except (ValueError, TypeError, AttributeError, OverflowError, binascii.Error) as error:
             raise InvalidCursor("malformed cursor") from error

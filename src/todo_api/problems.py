@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from todo_api.database import describe_error, is_unavailable
 from todo_api.models import READ_ONLY_FIELDS
@@ -146,7 +147,22 @@ async def _http_error(request: Request, error: Exception) -> JSONResponse:
         detail = f"No route matches {request.method} {request.url.path}"
     elif error.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}"
+        return problem_response(405, detail, headers={"Allow": _allowed_methods(request)})
     return problem_response(error.status_code, detail, headers=error.headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    # Starlette builds Allow from the first route matching the path; with one route per
+    # method that names one method. RFC 9110 wants all of them: ask the router for each.
+    allowed = [
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
 
 
 async def _validation_error(_request: Request, error: Exception) -> JSONResponse:
