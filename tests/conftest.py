@@ -63,7 +63,7 @@ def postgresql_server_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def pgbouncer_server_url(postgresql_server_url: str) -> Iterator[str]:
+def pgbouncer(postgresql_server_url: str) -> Iterator[PgBouncer]:
     executable = find_pgbouncer()
     if executable is None:
         message = "pgbouncer is not installed (apt-get install -y pgbouncer)"
@@ -73,13 +73,19 @@ def pgbouncer_server_url(postgresql_server_url: str) -> Iterator[str]:
     server = make_url(postgresql_server_url)
     bouncer = PgBouncer(server.host or "127.0.0.1", server.port or 5432)
     bouncer.start(executable)
-    pooled = server.set(
+    yield bouncer
+    bouncer.stop()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_server_url(postgresql_server_url: str, pgbouncer: PgBouncer) -> str:
+    """The URL as Neon hands it out (TLS required, channel binding asked for)."""
+    pooled = make_url(postgresql_server_url).set(
         host="127.0.0.1",
-        port=bouncer.port,
+        port=pgbouncer.port,
         query={"sslmode": "require", "channel_binding": "require"},
     )
-    yield pooled.render_as_string(hide_password=False)
-    bouncer.stop()
+    return pooled.render_as_string(hide_password=False)
 
 
 @pytest.fixture(scope="session")

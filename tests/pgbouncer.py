@@ -39,15 +39,20 @@ class PgBouncer:
         self.workdir = Path(tempfile.mkdtemp(prefix="todo-pgbouncer-"))
         self.server = (server_host, server_port)
         self.port = free_port()
+        self.certificate = self.workdir / "server.crt"  # self-signed: also its own CA
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, executable: str) -> None:
-        cert, key = self.workdir / "server.crt", self.workdir / "server.key"
+    def make_certificate(self) -> None:
         subprocess.run(
             ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-             "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+             "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+             "-keyout", str(self.workdir / "server.key"), "-out", str(self.certificate)],
             check=True, capture_output=True,
         )  # fmt: skip
+
+    def start(self, executable: str) -> None:
+        self.make_certificate()
+        cert, key = self.certificate, self.workdir / "server.key"
         (self.workdir / "users.txt").write_text('"postgres" ""\n')
         host, port = self.server
         (self.workdir / "pgbouncer.ini").write_text(

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -77,3 +84,76 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     assert body["status"] == status
     assert body["title"] and body["detail"] and body["type"]
     return body
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def clean_env(**variables: str) -> dict[str, str]:
+    """os.environ without any variable the service reads, plus `variables`."""
+    ours = {name.lower() for name in Settings.model_fields}
+    env = {key: value for key, value in os.environ.items() if key.lower() not in ours}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env | variables
+
+
+@contextmanager
+def served(cwd: Path, *args: str, count: int = 1, **variables: str) -> Iterator[list[Server]]:
+    """`count` processes of `todo-api serve`, all started at once, each answering /health;
+    SIGTERM when done."""
+    servers = [_start(cwd, args, variables) for _ in range(count)]
+    try:
+        deadline = time.monotonic() + 30
+        for server in servers:
+            while not server.healthy():
+                assert server.process.poll() is None, f"server exited early:\n{server.log()}"
+                assert time.monotonic() < deadline, f"server not up in time:\n{server.log()}"
+                time.sleep(0.05)
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _start(cwd: Path, args: tuple[str, ...], variables: dict[str, str]) -> Server:
+    port = free_port()
+    log_path = cwd / f"server-{port}.log"
+    with log_path.open("w", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "todo_api", "serve", "--port", str(port), *args],
+            cwd=cwd,
+            env=clean_env(**variables),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    return Server(process=process, base_url=f"http://127.0.0.1:{port}", log_path=log_path)
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    base_url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False

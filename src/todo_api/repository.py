@@ -11,16 +11,20 @@ Rules each function keeps:
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from todo_api.models import Task, TaskCreate, TaskRead, User, utcnow
 from todo_api.pagination import Cursor
+
+log = logging.getLogger("todo_api.repository")
 
 tasks = Task.__table__  # type: ignore[attr-defined]
 users = User.__table__  # type: ignore[attr-defined]
@@ -35,22 +39,55 @@ def _owned(user_id: str, task_id: uuid.UUID) -> sa.ColumnElement[bool]:
     return sa.and_(tasks.c.id == task_id, tasks.c.user_id == user_id)
 
 
-async def ensure_user(session: AsyncSession, user_id: str, email: str | None = None) -> None:
+async def _execute(session: AsyncSession, *statements: sa.Executable) -> Sequence[sa.Row[Any]]:
+    """Run the statements in the session's transaction; the rows of the last one.
+
+    If the connection dies under them (a Neon compute suspending, a pooler restarting), nothing
+    was committed, so they run once more on a fresh connection instead of failing the request.
+    """
+    for attempt in (1, 2):
+        try:
+            result = None
+            for statement in statements:
+                result = await session.execute(statement)
+            assert result is not None
+            return result.all()  # every last statement here is a SELECT or has RETURNING
+        except exc.DBAPIError as error:
+            if attempt == 2 or not error.connection_invalidated:
+                raise
+            log.warning("database connection lost before commit; retrying once: %s", error.orig)
+            await session.rollback()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _write(session: AsyncSession, *statements: sa.Executable) -> Sequence[sa.Row[Any]]:
+    # A failure during COMMIT itself is not retried: the write may have landed, and only the
+    # client can decide (it gets a 503).
+    rows = await _execute(session, *statements)
+    await session.commit()
+    return rows
+
+
+def _one_task(rows: Sequence[sa.Row[Any]]) -> TaskRead | None:
+    return _to_task(rows[0]) if rows else None
+
+
+def _ensure_user(session: AsyncSession, user_id: str, email: str | None) -> sa.Executable:
     """Insert the user if absent (users are provisioned on their first write)."""
     dialect = session.bind.dialect.name if session.bind else "postgresql"
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = (
+    return (
         insert(users)
         .values(id=user_id, email=email, created_at=utcnow())
         .on_conflict_do_nothing(index_elements=[users.c.id])
     )
-    await session.execute(statement)
 
 
-async def create_task(session: AsyncSession, *, user_id: str, data: TaskCreate) -> TaskRead:
+async def create_task(
+    session: AsyncSession, *, user_id: str, data: TaskCreate, email: str | None = None
+) -> TaskRead:
     now = utcnow()
-    await ensure_user(session, user_id)
-    result = await session.execute(
+    insert = (
         sa.insert(tasks)
         .values(
             id=uuid.uuid4(),
@@ -63,15 +100,13 @@ async def create_task(session: AsyncSession, *, user_id: str, data: TaskCreate) 
         )
         .returning(*_TASK_COLUMNS)
     )
-    task = _to_task(result.one())
-    await session.commit()
-    return task
+    rows = await _write(session, _ensure_user(session, user_id, email), insert)
+    return _to_task(rows[0])
 
 
 async def get_task(session: AsyncSession, *, user_id: str, task_id: uuid.UUID) -> TaskRead | None:
-    result = await session.execute(sa.select(*_TASK_COLUMNS).where(_owned(user_id, task_id)))
-    row = result.one_or_none()
-    return _to_task(row) if row else None
+    query = sa.select(*_TASK_COLUMNS).where(_owned(user_id, task_id))
+    return _one_task(await _execute(session, query))
 
 
 async def list_tasks(
@@ -85,7 +120,7 @@ async def list_tasks(
         )
     # One extra row tells whether another page exists without a COUNT.
     query = query.order_by(tasks.c.created_at.desc(), tasks.c.id.desc()).limit(limit + 1)
-    rows = (await session.execute(query)).all()
+    rows = await _execute(session, query)
     items = [_to_task(row) for row in rows[:limit]]
     more = len(rows) > limit
     cursor = Cursor(created_at=items[-1].created_at, id=items[-1].id) if more else None
@@ -95,15 +130,13 @@ async def list_tasks(
 async def _update(
     session: AsyncSession, *, user_id: str, task_id: uuid.UUID, values: Mapping[str, Any]
 ) -> TaskRead | None:
-    result = await session.execute(
+    statement = (
         sa.update(tasks)
         .where(_owned(user_id, task_id))
         .values({**values, "updated_at": utcnow()})
         .returning(*_TASK_COLUMNS)
     )
-    row = result.one_or_none()
-    await session.commit()
-    return _to_task(row) if row else None
+    return _one_task(await _write(session, statement))
 
 
 async def replace_task(
@@ -133,9 +166,5 @@ async def set_completion(
 
 
 async def delete_task(session: AsyncSession, *, user_id: str, task_id: uuid.UUID) -> bool:
-    result = await session.execute(
-        sa.delete(tasks).where(_owned(user_id, task_id)).returning(tasks.c.id)
-    )
-    deleted = result.one_or_none() is not None
-    await session.commit()
-    return deleted
+    statement = sa.delete(tasks).where(_owned(user_id, task_id)).returning(tasks.c.id)
+    return bool(await _write(session, statement))

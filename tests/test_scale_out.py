@@ -1,0 +1,58 @@
+"""Two API processes on one PostgreSQL database behave as one service."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from support import admin_url, served
+
+
+@pytest.fixture
+def empty_database() -> Iterator[str]:
+    """A brand-new PostgreSQL database with no schema at all."""
+    name = f"todo_scale_{uuid.uuid4().hex[:10]}"
+    admin = make_url(admin_url())
+    dsn = admin.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def execute(statement: str) -> None:
+        connection = await asyncpg.connect(dsn)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(execute(f'CREATE DATABASE "{name}"'))
+    yield admin.set(database=name).render_as_string(hide_password=False)
+    asyncio.run(execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_two_processes_started_together_migrate_once_and_share_all_state(
+    empty_database: str, tmp_path: Path
+) -> None:
+    env = {"APP_ENV": "production", "DATABASE_URL": empty_database, "AUTO_MIGRATE": "true"}
+    # Both start on an empty database at the same moment: the advisory lock lets one migrate.
+    with served(tmp_path, count=2, **env) as (first, second):
+        a, b = httpx.Client(base_url=first.base_url), httpx.Client(base_url=second.base_url)
+        created = [
+            a.post("/api/alice/tasks", json={"title": f"t{i}"}).json()["id"] for i in range(5)
+        ]
+        assert b.get(f"/api/alice/tasks/{created[0]}").status_code == 200
+        # A cursor issued by one process continues on the other.
+        page = a.get("/api/alice/tasks", params={"limit": 2}).json()
+        rest = b.get("/api/alice/tasks", params={"cursor": page["next_cursor"]}).json()
+        seen = [task["id"] for task in page["items"] + rest["items"]]
+        assert seen == created[::-1]
+        # A change through B is what A reads next.
+        assert b.patch(f"/api/alice/tasks/{created[1]}/complete").json()["completed"] is True
+        assert a.get(f"/api/alice/tasks/{created[1]}").json()["completed"] is True
+        assert b.get("/health/ready").json()["database"]["revision"] == "0001"
+        logs = first.log() + second.log()
+    assert logs.count("migrated database schema from empty to 0001") == 1, logs
