@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from support import assert_problem
-from todo_api import __version__
+from todo_api import __version__, migrate
 
 pytestmark = pytest.mark.through_pooler
 
@@ -32,7 +32,7 @@ async def test_readiness_reports_database_latency_and_revision(
     database = response.json()["database"]
     assert database["dialect"] == ("sqlite" if backend == "sqlite" else "postgresql")
     assert database["latency_ms"] > 0
-    assert database["revision"] == database["head_revision"] == "0001"
+    assert database["revision"] == database["head_revision"] == migrate.head_revision()
 
 
 async def test_unknown_route_is_a_404_problem(client: httpx.AsyncClient) -> None:
@@ -42,7 +42,7 @@ async def test_unknown_route_is_a_404_problem(client: httpx.AsyncClient) -> None
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("DELETE", "/api/alice/tasks"), ("POST", "/health"), ("PUT", "/api/alice/tasks")],
+    [("PATCH", "/api/alice/tasks"), ("POST", "/health"), ("PUT", "/api/alice/tasks")],
 )
 async def test_wrong_method_is_a_405_problem(
     client: httpx.AsyncClient, method: str, path: str
@@ -53,6 +53,9 @@ async def test_wrong_method_is_a_405_problem(
     assert response.headers["allow"]
 
 
+WRITE_STATUSES = {"200", "400", "404", "412", "413", "415", "422", "503"}
+
+
 async def test_openapi_declares_every_error_status_with_the_problem_schema(
     client: httpx.AsyncClient,
 ) -> None:
@@ -61,14 +64,14 @@ async def test_openapi_declares_every_error_status_with_the_problem_schema(
     assert {"type", "title", "status", "detail", "errors"} <= set(problem["properties"])
     expected = {
         ("get", "/api/{user_id}/tasks"): {"200", "400", "422", "503"},
+        ("delete", "/api/{user_id}/tasks"): {"200", "400", "422", "503"},
+        ("get", "/api/{user_id}/tasks/stats"): {"200", "422", "503"},
         ("post", "/api/{user_id}/tasks"): {"201", "409", "413", "415", "422", "503"},
-        ("get", "/api/{user_id}/tasks/{task_id}"): {"200", "404", "422", "503"},
-        ("put", "/api/{user_id}/tasks/{task_id}"): {"200", "404", "413", "415", "422", "503"},
-        ("patch", "/api/{user_id}/tasks/{task_id}"): {"200", "404", "413", "415", "422", "503"},
-        ("delete", "/api/{user_id}/tasks/{task_id}"): {"204", "404", "422", "503"},
-        ("patch", "/api/{user_id}/tasks/{task_id}/complete"): (
-            {"200", "404", "413", "415", "422", "503"}
-        ),
+        ("get", "/api/{user_id}/tasks/{task_id}"): {"200", "304", "400", "404", "422", "503"},
+        ("put", "/api/{user_id}/tasks/{task_id}"): WRITE_STATUSES,
+        ("patch", "/api/{user_id}/tasks/{task_id}"): WRITE_STATUSES,
+        ("delete", "/api/{user_id}/tasks/{task_id}"): {"204", "400", "404", "412", "422", "503"},
+        ("patch", "/api/{user_id}/tasks/{task_id}/complete"): WRITE_STATUSES,
         ("get", "/health/ready"): {"200", "503"},
     }
     for (method, path), statuses in expected.items():

@@ -583,7 +583,6 @@ async def test_unknown_route_is_404_problem(
 
 
 METHOD_NOT_ALLOWED = [
-    pytest.param("DELETE", "", id="delete-collection"),
     pytest.param("PUT", "", id="put-collection"),
     pytest.param("PATCH", "", id="patch-collection"),
     pytest.param("POST", "/{task}", id="post-task"),
@@ -613,7 +612,7 @@ async def test_wrong_method_is_405_problem(
 
 
 SUPPORTED_METHODS = {
-    "": {"GET", "POST"},
+    "": {"GET", "POST", "DELETE"},
     "/{task}": {"GET", "PUT", "PATCH", "DELETE"},
     "/{task}/complete": {"PATCH"},
 }

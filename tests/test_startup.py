@@ -19,6 +19,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from todo_api import migrate
 from todo_api.settings import Settings
 
 PASSWORD = "s3cr3t-pw-XYZ"
@@ -238,7 +239,7 @@ def test_serves_on_a_fresh_sqlite_file_with_no_configuration(tmp_path: Path) -> 
     ready = [line for line in log.splitlines() if "ready in" in line]
     assert len(ready) == 1, log
     assert "sqlite database ./todo.db" in ready[0]
-    assert "schema revision 0001" in ready[0]
+    assert f"schema revision {migrate.head_revision()}" in ready[0]
     assert (tmp_path / "todo.db").is_file()  # the default lives in the working directory
     assert "Traceback" not in log
     assert PASSWORD not in log

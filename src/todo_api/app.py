@@ -13,8 +13,11 @@ from fastapi.routing import APIRoute
 
 from todo_api import __version__, migrate
 from todo_api.api import health, tasks
+from todo_api.auth import TokenVerifier
 from todo_api.body_guard import RequestBodyGuard
 from todo_api.database import create_engine, session_factory
+from todo_api.metrics import Metrics, install_metrics
+from todo_api.observability import Observability
 from todo_api.problems import Problem, install_problem_handlers
 from todo_api.settings import Settings, load_settings
 
@@ -28,10 +31,17 @@ def _operation_id(route: APIRoute) -> str:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    metrics = (
+        Metrics(version=__version__, dialect=settings.database.dialect)
+        if settings.metrics_enabled
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.perf_counter()
+        verifier: TokenVerifier | None = app.state.token_verifier
+        _log_auth_mode(settings, verifier)
         target = settings.database
         for note in target.notes:
             log.warning(note)
@@ -47,6 +57,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
+        if verifier is not None:
+            await verifier.start()  # warms the JWKS cache; a failure is logged, not fatal
+        if metrics is not None:
+            metrics.bind_engine(engine)
         log.info(
             "todo-api %s ready in %.0f ms on %s%s",
             __version__,
@@ -57,7 +71,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if verifier is not None:
+                await verifier.aclose()
             await engine.dispose()
+            if metrics is not None:
+                metrics.close()
 
     app = FastAPI(
         title="Todo API",
@@ -68,12 +86,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.started_at = time.monotonic()
+    # One verifier per app (its JWKS cache is shared by every request); None: an open API.
+    app.state.token_verifier = TokenVerifier(settings) if settings.auth_enabled else None
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(tasks.router)
     app.add_middleware(RequestBodyGuard, max_bytes=settings.max_body_bytes)
+    if metrics is not None:
+        install_metrics(app, metrics)
+    # Added last, so outermost: it sees every response, the body guard's included.
+    app.add_middleware(
+        Observability,
+        routes=app.router.routes,
+        metrics=metrics,
+        access_log=settings.access_log,
+        access_log_probes=settings.access_log_health,
+    )
     _publish_problem_schema(app)
     return app
+
+
+def _log_auth_mode(settings: Settings, verifier: TokenVerifier | None) -> None:
+    if verifier is not None:
+        log.info(
+            "authentication: bearer JWTs required (%s; claim %r must equal the path user_id)",
+            ", ".join(verifier.algorithms),
+            settings.auth_user_claim,
+        )
+    else:
+        # Production only gets here with AUTH_MODE=none set explicitly (its default is jwt).
+        explicit = "auth_mode" in settings.model_fields_set
+        log.warning(
+            "AUTH_MODE=none%s: the API is open, anyone can read and change any user's tasks; "
+            "set AUTH_MODE=jwt with AUTH_JWT_SECRET or AUTH_JWKS_URL to require tokens",
+            "" if explicit else f" (the default when APP_ENV={settings.app_env.value})",
+        )
 
 
 def _publish_problem_schema(app: FastAPI) -> None:

@@ -33,6 +33,14 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_KEY = 0x70D0_A71
 
 
+def include_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """What autogenerate compares: not the PostgreSQL-only trigram indexes (migration 0002),
+    which the dialect-neutral metadata does not describe."""
+    return not (type_ == "index" and name is not None and name.endswith("_trgm"))
+
+
 def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))

@@ -80,8 +80,13 @@ class Task(SQLModel, table=True):
         sa.CheckConstraint(
             "description IS NULL OR length(description) <= 10000", name="description_length"
         ),
-        # Serves "this user's tasks, newest first" and its keyset pagination, in both directions.
+        # One index per sort order, user_id leading: each serves "this user's tasks in this
+        # order" and its keyset pagination in both directions (and `updated_since`).
         sa.Index("ix_tasks_user_id_created_at_id", "user_id", "created_at", "id"),
+        sa.Index("ix_tasks_user_id_updated_at_id", "user_id", "updated_at", "id"),
+        sa.Index("ix_tasks_user_id_title_id", "user_id", "title", "id"),
+        # Search (`q`) on PostgreSQL also has trigram GIN indexes on title and description;
+        # they exist only there, so they live in migration 0002, not in this metadata.
     )
 
     id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid, primary_key=True))
@@ -102,6 +107,30 @@ class Task(SQLModel, table=True):
     )
     created_at: datetime = Field(sa_column=sa.Column(UTCDateTime, nullable=False))
     updated_at: datetime = Field(sa_column=sa.Column(UTCDateTime, nullable=False))
+    # Incremented by every change; the ETag. Compared inside the UPDATE for If-Match.
+    version: int = Field(
+        default=1, sa_column=sa.Column(sa.Integer, nullable=False, server_default="1")
+    )
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A POST made with an Idempotency-Key: the body it had and the response it got."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (sa.Index("ix_idempotency_keys_expires_at", "expires_at"),)
+
+    user_id: str = Field(
+        sa_column=sa.Column(
+            sa.String(USER_ID_MAX),
+            sa.ForeignKey("users.id", ondelete="CASCADE"),
+            primary_key=True,
+        )
+    )
+    key: str = Field(sa_column=sa.Column(sa.String(255), primary_key=True))
+    request_hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    response_body: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime, nullable=False))
+    expires_at: datetime = Field(sa_column=sa.Column(UTCDateTime, nullable=False))
 
 
 # --- request and response shapes --------------------------------------------------------------
@@ -109,7 +138,7 @@ class Task(SQLModel, table=True):
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _storable(value: str) -> str:
+def storable_text(value: str) -> str:
     # PostgreSQL text cannot hold NUL, and a lone surrogate cannot be encoded as UTF-8:
     # both would otherwise fail deep in the driver as a 500.
     if "\x00" in value:
@@ -122,7 +151,7 @@ def _storable(value: str) -> str:
 
 
 def _single_line(value: str) -> str:
-    _storable(value)
+    storable_text(value)
     if _CONTROL.search(value):
         raise ValueError("must be a single line without control characters")
     return value
@@ -135,7 +164,7 @@ Title = Annotated[
     AfterValidator(_single_line),
 ]
 Description = Annotated[
-    str, Strict(), StringConstraints(max_length=DESCRIPTION_MAX), AfterValidator(_storable)
+    str, Strict(), StringConstraints(max_length=DESCRIPTION_MAX), AfterValidator(storable_text)
 ]
 StrictBool = Annotated[bool, Strict()]
 
@@ -198,6 +227,24 @@ class TaskRead(SQLModel):
     completed: bool
     created_at: datetime
     updated_at: datetime
+    version: int = Field(description="Incremented by every change; the ETag is its quoted value")
+
+    model_config = ConfigDict(  # type: ignore[assignment]
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0b6a1f8e-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+                    "user_id": "user_2f9a",
+                    "title": "Buy milk",
+                    "description": "2 litres",
+                    "completed": False,
+                    "created_at": "2026-11-26T08:00:00.000000Z",
+                    "updated_at": "2026-11-26T08:00:00.000000Z",
+                    "version": 1,
+                }
+            ]
+        }
+    )
 
 
 class TaskPage(SQLModel):
@@ -205,3 +252,16 @@ class TaskPage(SQLModel):
     next_cursor: str | None = Field(
         description="Pass as `cursor` to get the next page; null on the last page."
     )
+    total: int | None = Field(
+        default=None, description="Tasks matching the filters; present with include_total=true"
+    )
+
+
+class TaskStats(SQLModel):
+    total: int = Field(schema_extra={"examples": [12]})
+    completed: int = Field(schema_extra={"examples": [5]})
+    pending: int = Field(schema_extra={"examples": [7]})
+
+
+class Deleted(SQLModel):
+    deleted: int = Field(description="How many tasks were deleted", schema_extra={"examples": [3]})

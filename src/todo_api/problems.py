@@ -21,7 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from todo_api.database import describe_error, is_unavailable
+from todo_api.logs import current_request_id
 from todo_api.models import READ_ONLY_FIELDS
+from todo_api.repository import IdempotencyKeyReused, StaleVersion
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = 5
@@ -46,6 +48,12 @@ class Problem(BaseModel):
     errors: list[FieldError] | None = Field(
         default=None, description="Present on 422: one entry per invalid field"
     )
+    request_id: str | None = Field(
+        default=None,
+        description="The request's X-Request-ID: quote it when reporting a problem; "
+        "the server's log lines for the request carry it too",
+        examples=["5f0c2a7e9d1b4c3a8e6f0b1d2c3a4e5f"],
+    )
 
 
 class ProblemError(Exception):
@@ -59,6 +67,19 @@ class ProblemError(Exception):
 
 class BadRequest(ProblemError):
     status = 400
+
+
+class Unauthorized(ProblemError):
+    """No usable credentials: `headers` must carry the `WWW-Authenticate` challenge (RFC 9110
+    §15.5.2 requires one on every 401)."""
+
+    status = 401
+
+
+class Forbidden(ProblemError):
+    """Authenticated, but not allowed to reach this resource."""
+
+    status = 403
 
 
 class NotFound(ProblemError):
@@ -84,6 +105,10 @@ def problem_body(
     }
     if errors is not None:
         body["errors"] = [error.model_dump() for error in errors]
+    # Set by the observability middleware for every request it sees.
+    request_id = current_request_id()
+    if request_id is not None:
+        body["request_id"] = request_id
     return body
 
 
@@ -135,8 +160,19 @@ def field_errors(raw: Sequence[Any]) -> list[FieldError]:
     return result
 
 
-async def _problem_error(_request: Request, error: Exception) -> JSONResponse:
+async def _problem_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ProblemError)
+    if error.status >= 500:
+        # A 5xx is ours to fix: the traceback (and its cause) goes with the request id.
+        operation = _operation(request)
+        log.error(
+            "%s answered %d: %s",
+            operation,
+            error.status,
+            error.detail,
+            exc_info=error,
+            extra={"operation": operation},
+        )
     return problem_response(error.status, error.detail, headers=error.headers)
 
 
@@ -176,12 +212,20 @@ async def _validation_error(_request: Request, error: Exception) -> JSONResponse
 
 
 async def _database_error(request: Request, error: Exception) -> JSONResponse:
+    operation = _operation(request)
+    orig = getattr(error, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    fields = {"operation": operation, "sqlstate": sqlstate}
     if is_unavailable(error):
+        # One line per failed request, with the traceback, as for every 5xx; a warning, as
+        # an outage is not a bug here (the 503 tells clients to retry).
         log.warning(
-            "database unavailable during %s %s: %s",
-            request.method,
-            request.url.path,
+            "database unavailable during %s (SQLSTATE %s): %s",
+            operation,
+            sqlstate,
             describe_error(error),
+            exc_info=error,
+            extra=fields,
         )
         return problem_response(
             503,
@@ -189,20 +233,61 @@ async def _database_error(request: Request, error: Exception) -> JSONResponse:
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
     if isinstance(error, sa_exc.IntegrityError):
-        log.warning("integrity error on %s %s: %s", request.method, request.url.path, error.orig)
+        log.warning(
+            "integrity error on %s (SQLSTATE %s): %s",
+            operation,
+            sqlstate,
+            describe_error(error),
+            extra=fields,
+        )
         return problem_response(409, "The change conflicts with the stored data")
-    return await _unexpected_error(request, error)
+    return await unexpected_error(request, error)
 
 
-async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    """The 500 problem for an error nothing else handled, logged once with its traceback.
+
+    Also called by the observability middleware, which sits outside Starlette's handlers.
+    """
+    operation = _operation(request)
+    log.error(
+        "unhandled error on %s", operation, exc_info=error, extra={"operation": operation}
+    )
     return problem_response(500, "An unexpected error occurred; it has been logged")
+
+
+def _operation(request: Request) -> str:
+    # The route template, not the raw path: user ids and task ids stay out of the log.
+    template = getattr(request.scope.get("route"), "path_format", None)
+    return f"{request.method} {template or request.url.path}"
+
+
+async def _stale_version(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StaleVersion)
+    current = f'"{error.current.version}"'
+    return problem_response(
+        412,
+        f"If-Match does not match the task's current ETag {current}; "
+        "fetch it again and retry with that ETag",
+        headers={"ETag": current},
+    )
+
+
+async def _idempotency_key_reused(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, IdempotencyKeyReused)
+    return problem_response(
+        422,
+        "This Idempotency-Key was already used with a different request body; "
+        "use a new key for a different task",
+    )
 
 
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _problem_error)
+    app.add_exception_handler(StaleVersion, _stale_version)
+    app.add_exception_handler(IdempotencyKeyReused, _idempotency_key_reused)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     for database_error in (sa_exc.SQLAlchemyError, OSError, TimeoutError):
         app.add_exception_handler(database_error, _database_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_exception_handler(Exception, unexpected_error)

@@ -10,7 +10,7 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from todo_api.database_url import DatabaseTarget, DatabaseUrlError, parse_database_url
@@ -56,7 +56,36 @@ class Settings(BaseSettings):
     db_pool_mode: Literal["auto", "session", "transaction"] = "auto"
 
     log_level: str = "INFO"
+    # `json`: one JSON object per line (for log shippers); `console`: readable lines.
+    # Unset: json when APP_ENV=production, console otherwise (see `logs_as_json`).
+    log_format: Literal["json", "console"] | None = None
+    # One line per request from our middleware (uvicorn's own access log is always off).
+    access_log: bool = True
+    # Probes (/health, /health/ready, /metrics) arrive every few seconds: they can be left out.
+    access_log_health: bool = True
+    metrics_enabled: bool = True
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=10 * 1024 * 1024)
+    # Signs pagination cursors so edited ones are refused. Every replica needs the same value;
+    # set your own in production so cursors cannot be forged by someone who reads this code.
+    cursor_secret: SecretStr = SecretStr("todo-api-default-cursor-secret")
+    # How long an Idempotency-Key is remembered.
+    idempotency_ttl_hours: float = Field(default=24, gt=0, le=24 * 30)
+
+    # --- authentication (todo_api.auth) ---
+    # Shared secret for HS256/384/512 tokens (e.g. Better Auth's BETTER_AUTH_SECRET).
+    auth_jwt_secret: SecretStr | None = None
+    # JWKS document with RS256/ES256/EdDSA public keys (Better Auth: <base>/api/auth/jwks).
+    auth_jwks_url: str | None = None
+    # When set, tokens must carry exactly this `iss` / have this among their `aud`.
+    auth_issuer: str | None = None
+    auth_audience: str | None = None
+    # The claim holding the user id that must equal the path's {user_id}.
+    auth_user_claim: str = Field(default="sub", min_length=1, max_length=64)
+    # Clock skew tolerated on exp, nbf and iat.
+    auth_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    # Declared after the key sources: its validator checks that `jwt` has one. Unset: `jwt`
+    # when APP_ENV=production, `none` (an open API, logged as a warning) otherwise.
+    auth_mode: Literal["jwt", "none"] | None = Field(default=None, validate_default=True)
 
     @field_validator("log_level")
     @classmethod
@@ -65,6 +94,63 @@ class Settings(BaseSettings):
         if level not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
             raise ValueError("must be one of CRITICAL, ERROR, WARNING, INFO, DEBUG")
         return level
+
+    @field_validator(
+        "auth_jwt_secret",
+        "auth_jwks_url",
+        "auth_issuer",
+        "auth_audience",
+        "auth_mode",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # `AUTH_JWKS_URL=` in a .env file means "not configured", not an empty URL.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("auth_jwt_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # RFC 7518 §3.2: an HS256 key must be at least 256 bits; shorter ones are guessable.
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError(
+                "must be at least 32 bytes (generate one with `openssl rand -base64 32`)"
+            )
+        return value
+
+    @field_validator("auth_jwks_url")
+    @classmethod
+    def _jwks_url_usable(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        scheme, _, rest = value.partition("://")
+        if scheme.lower() not in ("http", "https") or not rest.split("/", 1)[0]:
+            raise ValueError("must be an http(s) URL, e.g. https://auth.example.com/api/auth/jwks")
+        return value
+
+    @field_validator("auth_mode", mode="after")
+    @classmethod
+    def _auth_mode_resolved(cls, value: str | None, info: ValidationInfo) -> str:
+        production = info.data.get("app_env") is AppEnv.production
+        mode = value or ("jwt" if production else "none")
+        # Skipped when a key variable is itself invalid (absent from info.data): that one is
+        # reported by name already.
+        key_vars_valid = {"auth_jwt_secret", "auth_jwks_url"} <= info.data.keys()
+        no_key = not info.data.get("auth_jwt_secret") and not info.data.get("auth_jwks_url")
+        if mode == "jwt" and key_vars_valid and no_key:
+            why = " (the default when APP_ENV=production)" if value is None else ""
+            raise ValueError(
+                f"jwt{why} needs a key source: set AUTH_JWT_SECRET (HS256 shared secret, "
+                "at least 32 bytes) or AUTH_JWKS_URL (RS256/ES256/EdDSA keys); "
+                "or set AUTH_MODE=none explicitly to serve without authentication"
+            )
+        return mode
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Every /api request needs a valid bearer token (AUTH_MODE=jwt)."""
+        return self.auth_mode == "jwt"
 
     @field_validator("database_url", "database_url_direct", mode="after")
     @classmethod
@@ -78,6 +164,12 @@ class Settings(BaseSettings):
         except DatabaseUrlError as exc:
             raise ValueError(str(exc)) from None
         return value.strip()
+
+    @property
+    def logs_as_json(self) -> bool:
+        if self.log_format is None:
+            return self.app_env is AppEnv.production
+        return self.log_format == "json"
 
     @cached_property
     def database(self) -> DatabaseTarget:

@@ -1,14 +1,24 @@
-"""Request dependencies: settings, a database session, the owner named in the path."""
+"""Request dependencies: settings, a database session, the owner named in the path.
+
+`Owner` is the authorising dependency: it resolves to the path's `user_id` only when the
+request may act for that user. With AUTH_MODE=jwt that takes a valid bearer token for exactly
+that user (401 without one, 403 for another user's); with AUTH_MODE=none anyone may.
+Failures are raised here as problems, never from a middleware.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from todo_api.auth import Identity, InvalidToken, KeysUnavailable, TokenVerifier, bearer_token
 from todo_api.models import USER_ID_PATTERN
+from todo_api.problems import RETRY_AFTER_SECONDS, Forbidden, ServiceUnavailable, Unauthorized
 from todo_api.settings import Settings
 
 
@@ -26,7 +36,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
-Owner = Annotated[
+UserIdPath = Annotated[
     str,
     Path(
         pattern=USER_ID_PATTERN,
@@ -37,3 +47,65 @@ Owner = Annotated[
         examples=["user_2f9a"],
     ),
 ]
+
+# Declares the bearer scheme in OpenAPI (the Authorize button of /docs). auto_error=False:
+# the header is read and judged in `authenticate`, which gives RFC 6750 answers.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    bearerFormat="JWT",
+    description="A JWT from the identity provider (Better Auth: `authClient.token()`); its "
+    "user claim (AUTH_USER_CLAIM, default `sub`) must equal the path's `user_id`. "
+    "Required when the server runs with AUTH_MODE=jwt.",
+)
+
+
+async def authenticate(
+    request: Request,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Identity | None:
+    """The verified identity of the request's bearer token; None when AUTH_MODE=none."""
+    verifier: TokenVerifier | None = request.app.state.token_verifier
+    if verifier is None:
+        return None
+    try:
+        return await verifier.verify(bearer_token(request.headers.getlist("authorization")))
+    except InvalidToken as error:
+        raise Unauthorized(
+            error.description, headers={"WWW-Authenticate": error.challenge()}
+        ) from None
+    except KeysUnavailable:
+        # Not the client's fault: its token may be fine, the keys to check it are out of reach.
+        raise ServiceUnavailable(
+            "The identity provider's signing keys are unreachable; retry shortly",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        ) from None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who the request acts for: the path's owner, with the token's details when there is one."""
+
+    user_id: str
+    email: str | None = None
+    claims: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+async def authorize(
+    identity: Annotated[Identity | None, Depends(authenticate)], user_id: UserIdPath
+) -> Principal:
+    # `identity` is declared first so that it is resolved first: a request without a valid
+    # token gets 401 before its path is validated (422), and learns nothing about it.
+    if identity is None:
+        return Principal(user_id=user_id)
+    if identity.user_id != user_id:
+        raise Forbidden("The token's user may not access another user's tasks")
+    return Principal(user_id=user_id, email=identity.email, claims=identity.claims)
+
+
+def owner_id(principal: Annotated[Principal, Depends(authorize)]) -> str:
+    return principal.user_id
+
+
+# FastAPI resolves each dependency once per request, so routes may declare both.
+PrincipalDep = Annotated[Principal, Depends(authorize)]
+Owner = Annotated[str, Depends(owner_id)]

@@ -1,24 +1,52 @@
-"""HTTP routes for a user's tasks. No SQL here: each route calls one data-access function."""
+"""HTTP routes for a user's tasks. No SQL here: each route calls one data-access function.
+
+Fixed paths (`/stats`) are declared before `/{task_id}`: routes match in order, by path only,
+so a later `/stats` would be swallowed by `/{task_id}` and answered 422.
+"""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Body, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
+from pydantic import AfterValidator, AwareDatetime
 
 from todo_api import repository
-from todo_api.api.deps import Owner, SessionDep
-from todo_api.models import CompletionSet, TaskCreate, TaskPage, TaskRead, TaskUpdate
-from todo_api.pagination import Cursor, InvalidCursor
+from todo_api.api.conditional import IfMatchHeader, IfNoneMatchHeader, etag, if_match_versions
+from todo_api.api.conditional import none_match as if_none_match_hits
+from todo_api.api.deps import Owner, PrincipalDep, SessionDep, SettingsDep, authorize
+from todo_api.models import (
+    CompletionSet,
+    Deleted,
+    TaskCreate,
+    TaskPage,
+    TaskRead,
+    TaskStats,
+    TaskUpdate,
+    storable_text,
+)
+from todo_api.pagination import ALLOWED_SORTS, DEFAULT_SORT, Cursor, InvalidCursor, Sort, TaskFilter
 from todo_api.problems import BadRequest, NotFound, responses
 
-router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"])
+# Router-level: every route here authorises, even one that forgets to declare `Owner` (the
+# result is cached per request, so routes that do declare it do not verify twice).
+router = APIRouter(
+    prefix="/api/{user_id}/tasks",
+    tags=["tasks"],
+    dependencies=[Depends(authorize)],
+    responses=responses(401, 403),
+)
 
-TaskId = Annotated[uuid.UUID, "task id"]
 # Every route can meet invalid input and a database outage.
 COMMON = (422, 503)
+BODY = (413, 415)
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not Modified (ETag matched)"}
+}
 
 
 def _missing(task_id: uuid.UUID) -> NotFound:
@@ -26,29 +54,152 @@ def _missing(task_id: uuid.UUID) -> NotFound:
     return NotFound(f"No task {task_id} for this user")
 
 
+def _found(task: TaskRead | None, task_id: uuid.UUID, response: Response) -> TaskRead:
+    if task is None:
+        raise _missing(task_id)
+    response.headers["ETag"] = etag(task)
+    return task
+
+
+# --- listing -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Listing:
+    limit: int
+    sort: Sort
+    filters: TaskFilter
+    after: Cursor | None
+    include_total: bool
+
+
+def listing(
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=200, description="Page size")] = 50,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=2048, description="`next_cursor` of the previous page (same sort/filters)"
+        ),
+    ] = None,
+    sort: Annotated[
+        str,
+        Query(
+            description="Order: a field, `-` prefix for descending.",
+            json_schema_extra={"enum": list(ALLOWED_SORTS)},
+        ),
+    ] = DEFAULT_SORT,
+    completed: Annotated[bool | None, Query(description="Only completed or pending tasks")] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            description="Case-insensitive search in title and description",
+        ),
+        AfterValidator(lambda value: storable_text(value) if value is not None else None),
+    ] = None,
+    updated_since: Annotated[
+        AwareDatetime | None,
+        Query(description="Only tasks changed at or after this RFC 3339 time (incremental sync)"),
+    ] = None,
+    include_total: Annotated[
+        bool, Query(description="Add `total`: tasks matching the filters")
+    ] = False,
+) -> Listing:
+    try:
+        order = Sort.parse(sort)
+    except ValueError as error:
+        raise BadRequest(str(error)) from None
+    filters = TaskFilter(completed=completed, q=q, updated_since=updated_since)
+    after = None
+    if cursor:
+        secret = settings.cursor_secret.get_secret_value().encode()
+        try:
+            after = Cursor.decode(cursor, secret, sort=order, filters=filters)
+        except InvalidCursor as error:
+            raise BadRequest(f"{error}; pass next_cursor from a previous page") from None
+    return Listing(
+        limit=limit, sort=order, filters=filters, after=after, include_total=include_total
+    )
+
+
 @router.get(
     "",
-    summary="List tasks, newest first",
+    summary="List tasks: filter, search, sort, paginate",
     response_model=TaskPage,
+    response_model_exclude_unset=True,
     responses=responses(400, *COMMON),
 )
 async def list_tasks(
     user_id: Owner,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=200, description="Page size")] = 50,
-    cursor: Annotated[
-        str | None,
-        Query(max_length=512, description="`next_cursor` from the previous page"),
-    ] = None,
+    settings: SettingsDep,
+    query: Annotated[Listing, Depends(listing)],
 ) -> TaskPage:
-    try:
-        after = Cursor.decode(cursor) if cursor else None
-    except InvalidCursor:
-        raise BadRequest("cursor is malformed; pass next_cursor from a previous page") from None
-    items, next_cursor = await repository.list_tasks(
-        session, user_id=user_id, limit=limit, after=after
+    page = await repository.list_tasks(
+        session,
+        user_id=user_id,
+        limit=query.limit,
+        sort=query.sort,
+        filters=query.filters,
+        after=query.after,
+        include_total=query.include_total,
     )
-    return TaskPage(items=items, next_cursor=next_cursor.encode() if next_cursor else None)
+    secret = settings.cursor_secret.get_secret_value().encode()
+    result = TaskPage(
+        items=page.items,
+        next_cursor=page.next_cursor.encode(secret) if page.next_cursor else None,
+    )
+    if page.total is not None:
+        result.total = page.total
+    return result
+
+
+@router.get(
+    "/stats",
+    summary="Count the user's tasks: total, completed, pending",
+    response_model=TaskStats,
+    responses=responses(*COMMON),
+)
+async def task_stats(user_id: Owner, session: SessionDep) -> TaskStats:
+    stats = await repository.task_stats(session, user_id=user_id)
+    return TaskStats(total=stats.total, completed=stats.completed, pending=stats.pending)
+
+
+@router.delete(
+    "",
+    summary="Delete all completed (or all pending) tasks",
+    description="`completed` is required: a request that would delete every task is refused.",
+    response_model=Deleted,
+    responses=responses(400, *COMMON),
+)
+async def delete_tasks(
+    user_id: Owner,
+    session: SessionDep,
+    completed: Annotated[bool | None, Query(description="Which tasks to delete (required)")] = None,
+) -> Deleted:
+    if completed is None:
+        raise BadRequest("refusing to delete every task: pass completed=true (or completed=false)")
+    return Deleted(
+        deleted=await repository.delete_tasks(session, user_id=user_id, completed=completed)
+    )
+
+
+# --- one task ------------------------------------------------------------------------------------
+
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retrying with the same key and body within 24 h returns the first 201 "
+        "instead of creating another task; the same key with another body is a 422.",
+    ),
+]
 
 
 @router.post(
@@ -56,23 +207,55 @@ async def list_tasks(
     summary="Create a task",
     status_code=status.HTTP_201_CREATED,
     response_model=TaskRead,
-    responses=responses(409, 413, 415, *COMMON),
+    responses=responses(409, *BODY, *COMMON),
 )
 async def create_task(
-    user_id: Owner, session: SessionDep, data: TaskCreate, response: Response
+    user_id: Owner,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    data: TaskCreate,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> TaskRead:
-    task = await repository.create_task(session, user_id=user_id, data=data)
+    if idempotency_key is None:
+        task = await repository.create_task(
+            session, user_id=user_id, data=data, email=principal.email
+        )
+    else:
+        task, replayed = await repository.create_task_once(
+            session,
+            user_id=user_id,
+            data=data,
+            key=idempotency_key,
+            ttl=timedelta(hours=settings.idempotency_ttl_hours),
+            email=principal.email,
+        )
+        if replayed:
+            response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/api/{quote(user_id, safe='')}/tasks/{task.id}"
+    response.headers["ETag"] = etag(task)
     return task
 
 
 @router.get(
-    "/{task_id}", summary="Get a task", response_model=TaskRead, responses=responses(404, *COMMON)
+    "/{task_id}",
+    summary="Get a task",
+    response_model=TaskRead,
+    responses=NOT_MODIFIED | responses(400, 404, *COMMON),
 )
-async def get_task(user_id: Owner, task_id: uuid.UUID, session: SessionDep) -> TaskRead:
-    task = await repository.get_task(session, user_id=user_id, task_id=task_id)
-    if task is None:
-        raise _missing(task_id)
+async def get_task(
+    user_id: Owner,
+    task_id: uuid.UUID,
+    session: SessionDep,
+    response: Response,
+    if_none_match: IfNoneMatchHeader = None,
+) -> TaskRead | Response:
+    task = _found(
+        await repository.get_task(session, user_id=user_id, task_id=task_id), task_id, response
+    )
+    if if_none_match_hits(if_none_match, task):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(task)})
     return task
 
 
@@ -80,32 +263,44 @@ async def get_task(user_id: Owner, task_id: uuid.UUID, session: SessionDep) -> T
     "/{task_id}",
     summary="Replace a task (omitted optional fields reset to their defaults)",
     response_model=TaskRead,
-    responses=responses(404, 413, 415, *COMMON),
+    responses=responses(400, 404, 412, *BODY, *COMMON),
 )
 async def replace_task(
-    user_id: Owner, task_id: uuid.UUID, session: SessionDep, data: TaskCreate
+    user_id: Owner,
+    task_id: uuid.UUID,
+    session: SessionDep,
+    data: TaskCreate,
+    response: Response,
+    if_match: IfMatchHeader = None,
 ) -> TaskRead:
-    task = await repository.replace_task(session, user_id=user_id, task_id=task_id, data=data)
-    if task is None:
-        raise _missing(task_id)
-    return task
+    task = await repository.replace_task(
+        session, user_id=user_id, task_id=task_id, data=data, if_match=if_match_versions(if_match)
+    )
+    return _found(task, task_id, response)
 
 
 @router.patch(
     "/{task_id}",
     summary="Update some fields of a task",
     response_model=TaskRead,
-    responses=responses(404, 413, 415, *COMMON),
+    responses=responses(400, 404, 412, *BODY, *COMMON),
 )
 async def update_task(
-    user_id: Owner, task_id: uuid.UUID, session: SessionDep, data: TaskUpdate
+    user_id: Owner,
+    task_id: uuid.UUID,
+    session: SessionDep,
+    data: TaskUpdate,
+    response: Response,
+    if_match: IfMatchHeader = None,
 ) -> TaskRead:
     task = await repository.update_task(
-        session, user_id=user_id, task_id=task_id, changes=data.changes()
+        session,
+        user_id=user_id,
+        task_id=task_id,
+        changes=data.changes(),
+        if_match=if_match_versions(if_match),
     )
-    if task is None:
-        raise _missing(task_id)
-    return task
+    return _found(task, task_id, response)
 
 
 @router.delete(
@@ -113,10 +308,15 @@ async def update_task(
     summary="Delete a task",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=responses(404, *COMMON),
+    responses=responses(400, 404, 412, *COMMON),
 )
-async def delete_task(user_id: Owner, task_id: uuid.UUID, session: SessionDep) -> Response:
-    if not await repository.delete_task(session, user_id=user_id, task_id=task_id):
+async def delete_task(
+    user_id: Owner, task_id: uuid.UUID, session: SessionDep, if_match: IfMatchHeader = None
+) -> Response:
+    deleted = await repository.delete_task(
+        session, user_id=user_id, task_id=task_id, if_match=if_match_versions(if_match)
+    )
+    if not deleted:
         raise _missing(task_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -127,20 +327,21 @@ async def delete_task(user_id: Owner, task_id: uuid.UUID, session: SessionDep) -
     description='Without a body the task\'s `completed` flips. With `{"completed": true|false}` '
     "it is set to that value, which makes retries safe.",
     response_model=TaskRead,
-    responses=responses(404, 413, 415, *COMMON),
+    responses=responses(400, 404, 412, *BODY, *COMMON),
 )
 async def complete_task(
     user_id: Owner,
     task_id: uuid.UUID,
     session: SessionDep,
+    response: Response,
     body: Annotated[CompletionSet | None, Body()] = None,
+    if_match: IfMatchHeader = None,
 ) -> TaskRead:
     task = await repository.set_completion(
         session,
         user_id=user_id,
         task_id=task_id,
         completed=body.completed if body is not None else None,
+        if_match=if_match_versions(if_match),
     )
-    if task is None:
-        raise _missing(task_id)
-    return task
+    return _found(task, task_id, response)

@@ -13,7 +13,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
-from todo_api import models  # noqa: F401  (registers the tables on the metadata)
+from todo_api import migrate, models  # noqa: F401  (registers the tables on the metadata)
 from todo_api.database import create_engine
 from todo_api.settings import load_settings
 
@@ -25,6 +25,7 @@ def run_with(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
+        include_object=migrate.include_object,
         # SQLite cannot ALTER most things; batch mode recreates the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
     )

@@ -1,0 +1,1 @@
+"""Benchmark harness for todo-api: `python -m bench` (see bench/README.md)."""

@@ -1,0 +1,362 @@
+"""`python -m bench`: the whole benchmark, from an empty database to the report.
+
+Steps (each printed as it runs):
+1. create `todo_bench_<time>` next to BENCH_DATABASE_URL, migrate it (`todo_api db upgrade`),
+   seed it with set-based SQL, write the id samples the Lua script reads;
+2. time start-to-ready of the API (spawn -> first 200 on /health/ready), then start the API and
+   the reference server pinned to one core (wrk gets another);
+3. warm up, then two mixed runs on the API reading its peak RSS after each (leak check);
+4. every scenario on every server, interleaved (A, B, A, B), wrk + bench/lua/scenarios.lua;
+5. --large: grow to 1,000,000 tasks (one user with 100,000) and run get/list/list-deep again;
+6. --profile: py-spy on the API worker under one scenario's load;
+7. report to bench/results/, drop the database; exit 1 if any request failed (never on speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import profile
+from bench.database import BIG_USER, BenchDatabase, admin_url_from_env
+from bench.report import (
+    RESULTS,
+    Aggregate,
+    Report,
+    evaluate_targets,
+    git_state,
+    machine_info,
+    write,
+)
+from bench.servers import REPO, Server, api_env, clean_env, spawn, walk_cursors
+from bench.wrk import WrkResult, WrkSettings, ensure_wrk, run_wrk
+
+SCENARIOS = ("get", "list", "create", "patch", "toggle", "mixed")
+LARGE_SCENARIOS = ("get", "list", "list-deep")
+API, API_NO_METRICS, REFERENCE = "api", "api-nometrics", "reference"
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: str
+    users: int
+    tasks_per_user: int
+    big_user_tasks: int  # seeded up front (smoke only: exercises list-deep on tiny data)
+    deep_pages: int
+    seconds: float
+    rounds: int
+    warmup: float
+    memory_seconds: float
+    startup_samples: int
+    connections: int
+    large: bool
+    metrics_compare: bool
+    profile: tuple[str, ...]
+    keep_database: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Plan:
+        smoke: bool = args.smoke
+        seconds = args.duration if args.duration is not None else (2.0 if smoke else 12.0)
+        return cls(
+            mode="smoke" if smoke else ("large" if args.large else "default"),
+            users=20 if smoke else 1000,
+            tasks_per_user=20 if smoke else 100,
+            big_user_tasks=200 if smoke else 0,
+            deep_pages=3 if smoke else 1000,
+            seconds=seconds,
+            rounds=args.rounds if args.rounds is not None else (1 if smoke else 2),
+            warmup=1.0 if smoke else 3.0,
+            memory_seconds=(
+                args.memory_duration
+                if args.memory_duration is not None
+                else (2.0 if smoke else 60.0)
+            ),
+            startup_samples=1 if smoke else 3,
+            connections=args.connections,
+            large=args.large and not smoke,
+            metrics_compare=args.metrics_compare,
+            profile=tuple(filter(None, (args.profile or "").split(","))),
+            keep_database=args.keep_database,
+        )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny data, short runs (CI)")
+    parser.add_argument("--large", action="store_true", help="also 1,000,000 tasks + list-deep")
+    parser.add_argument("--duration", type=float, help="seconds per wrk run (default 12; smoke 2)")
+    parser.add_argument("--rounds", type=int, help="runs per scenario per server (default 2)")
+    parser.add_argument(
+        "--memory-duration", type=float, help="seconds of each of the two mixed RSS runs (60)"
+    )
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--metrics-compare",
+        action="store_true",
+        help="also run an API with METRICS_ENABLED=false next to the default (true)",
+    )
+    parser.add_argument(
+        "--profile", metavar="SCENARIOS", help="py-spy the API under these scenarios (a,b,...)"
+    )
+    parser.add_argument("--keep-database", action="store_true", help="do not drop it at the end")
+    return parser.parse_args(argv)
+
+
+def say(message: str) -> None:
+    print(f"bench [{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def cpu_layout() -> tuple[str | None, str | None, int]:
+    """(server cpus, wrk cpus, wrk threads): servers on the last core, wrk on the first ones."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None, 1
+    wrk_cpus = cpus[: max(1, len(cpus) // 4)]
+    return str(cpus[-1]), ",".join(map(str, wrk_cpus)), len(wrk_cpus)
+
+
+class Bench:
+    def __init__(self, plan: Plan, workdir: Path) -> None:
+        self.plan = plan
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.server_cpus, wrk_cpus, threads = cpu_layout()
+        self.wrk = WrkSettings(ensure_wrk(), plan.connections, threads, wrk_cpus, self.data_dir)
+        self.db = BenchDatabase(admin_url_from_env())
+        self.servers: list[Server] = []
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        pinning = (
+            f"servers on cpu {self.server_cpus}, wrk on cpu {wrk_cpus} ({threads} thread)"
+            if self.server_cpus
+            else "not pinned (one core)"
+        )
+        self.report = Report(
+            meta={
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                "stamp": stamp,
+                "mode": plan.mode,
+                "connections": plan.connections,
+                "seconds": plan.seconds,
+                "rounds": plan.rounds,
+                "git": git_state(REPO),
+                "pinning": pinning,
+                "data": "",
+            },
+            machine={},
+        )
+
+    # --- servers ---------------------------------------------------------------------------
+
+    def _start(self, name: str) -> Server:
+        if name == REFERENCE:
+            env = clean_env() | {"DATABASE_URL": self.db.url}
+        else:
+            env = api_env(self.db.url, metrics=name != API_NO_METRICS)
+        server = spawn(
+            name, "api" if name != REFERENCE else "reference", env,
+            cpus=self.server_cpus, workdir=self.workdir,
+        )  # fmt: skip
+        self.servers.append(server)
+        server.wait_ready()
+        return server
+
+    def _stop(self, server: Server) -> None:
+        server.stop()
+        self.servers.remove(server)
+
+    def measure_startup(self) -> None:
+        for i in range(self.plan.startup_samples):
+            server = self._start(f"startup-{i}")
+            say(f"start to ready: {server.ready_seconds:.2f} s")
+            self.report.startup_s.append(server.ready_seconds or 0.0)
+            self._stop(server)
+
+    # --- load ------------------------------------------------------------------------------
+
+    def _wrk(self, server: Server, scenario: str, seconds: float) -> WrkResult:
+        result = run_wrk(
+            self.wrk,
+            target=server.name,
+            base_url=server.base_url,
+            scenario=scenario,
+            seconds=seconds,
+            deep_path=server.deep_path,
+        )
+        self.report.checks.append(result)
+        flag = (
+            ""
+            if result.ok
+            else f"  <-- {result.non2xx} non-2xx, {result.socket_errors} socket errors"
+        )
+        say(
+            f"  {scenario:<9} {server.name:<11} {result.rps:9,.0f} req/s  "
+            f"p50 {result.p50_ms:6.1f} ms  p99 {result.p99_ms:6.1f} ms{flag}"
+        )
+        return result
+
+    def run_phase(self, phase: str, targets: list[Server], scenarios: Sequence[str]) -> None:
+        results: dict[str, dict[str, Aggregate]] = {}
+        for scenario in scenarios:
+            runs: dict[str, list[WrkResult]] = {server.name: [] for server in targets}
+            for _ in range(self.plan.rounds):
+                for server in targets:  # interleaved: A, B, A, B
+                    runs[server.name].append(self._wrk(server, scenario, self.plan.seconds))
+            results[scenario] = {name: Aggregate.of(r) for name, r in runs.items()}
+        self.report.phases[phase] = results
+
+    def walk_deep(self, targets: list[Server]) -> None:
+        """Each server gets its own cursor, obtained by walking its own pages."""
+        first_ids = set()
+        for server in targets:
+            started = time.perf_counter()
+            server.deep_path, first_id = walk_cursors(server, BIG_USER, self.plan.deep_pages)
+            first_ids.add(first_id)
+            say(
+                f"{server.name}: followed {self.plan.deep_pages} cursors into {BIG_USER} "
+                f"in {time.perf_counter() - started:.1f} s"
+            )
+        if len(first_ids) != 1:
+            raise RuntimeError(f"servers reached different deep pages: {first_ids}")
+
+    def memory_runs(self, api: Server) -> None:
+        readings: list[dict[str, Any]] = []
+        peaks: list[int] = []
+        for i in (1, 2):
+            self._wrk(api, "mixed", self.plan.memory_seconds)
+            memory = api.memory_kib()
+            peaks.append(memory["VmHWM"])
+            readings.append({"when": f"after mixed run {i}"} | memory)
+        first, second = peaks
+        growth = (second - first) / first
+        self.report.memory[api.name] = {"readings": readings, "growth": growth}
+        say(f"API VmHWM {first / 1024:.1f} MB -> {second / 1024:.1f} MB ({100 * growth:+.1f}%)")
+
+    def final_memory(self, targets: list[Server]) -> None:
+        for server in targets:
+            info = self.report.memory.setdefault(server.name, {"readings": []})
+            info["readings"].append({"when": "after all scenarios"} | server.memory_kib())
+            info["peak_mb"] = max(r["VmHWM"] for r in info["readings"]) / 1024
+
+    def run_profiles(self, api: Server) -> None:
+        seconds = max(5, round(self.plan.seconds))
+        for scenario in self.plan.profile:
+            stem = RESULTS / f"profile-{scenario}"
+            say(f"profiling the API under {scenario} ({seconds} s flamegraph + {seconds} s raw)")
+            for fmt, suffix in (("flamegraph", ".svg"), ("raw", ".txt")):
+                profile.record(
+                    api.pid,
+                    stem.with_suffix(suffix),
+                    seconds=seconds,
+                    fmt=fmt,
+                    load=lambda s=scenario: self._wrk(api, s, seconds),  # type: ignore[misc]
+                )
+            summary = profile.summarise(stem.with_suffix(".txt"))
+            stem.with_suffix(".md").write_text(f"# API profile under {scenario}\n\n{summary}")
+            self.report.profile[scenario] = str(stem.with_suffix(".svg").relative_to(REPO))
+
+    # --- the whole run ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        plan, db = self.plan, self.db
+        self.report.machine = machine_info(db.server_version())
+        db.create()
+        say(f"created database {db.name}")
+        db.migrate(api_env(db.url, metrics=True), self.workdir)
+        total = plan.users * plan.tasks_per_user
+        db.seed(plan.users, total)
+        if plan.big_user_tasks:
+            db.seed_big_user(plan.big_user_tasks)
+        db.analyze()
+        db.write_samples(self.data_dir)
+        tasks = db.count_tasks()
+        phase = "100k tasks" if tasks == 100_000 else f"{tasks:,} tasks"
+        self.report.meta["data"] = f"{plan.users:,} users x {plan.tasks_per_user} tasks" + (
+            f" + {BIG_USER} with {plan.big_user_tasks}" if plan.big_user_tasks else ""
+        )
+        say(f"seeded {tasks:,} tasks; measuring start to ready")
+        self.measure_startup()
+
+        names = [API, API_NO_METRICS, REFERENCE] if plan.metrics_compare else [API, REFERENCE]
+        targets = [self._start(name) for name in names]
+        api = targets[0]
+        self.report.startup_s.append(api.ready_seconds or 0.0)
+        for server in targets:
+            self._wrk(server, "mixed", plan.warmup)  # warm-up: connections, statement caches
+        say(f"memory: two {plan.memory_seconds:.0f} s mixed runs on the API")
+        self.memory_runs(api)
+
+        scenarios: list[str] = list(SCENARIOS)
+        if plan.big_user_tasks:
+            self.walk_deep(targets)
+            scenarios.insert(2, "list-deep")
+        phase = "100k" if plan.large else phase
+        say(f"scenarios ({phase}): {', '.join(scenarios)}")
+        self.run_phase(phase, targets, scenarios)
+
+        if plan.large:
+            say("growing to 1,000,000 tasks (one user with 100,000)")
+            db.seed_big_user(100_000)
+            db.seed(plan.users, 800_000, offset=total)
+            db.analyze()
+            db.write_samples(self.data_dir)
+            say(f"now {db.count_tasks():,} tasks")
+            self.walk_deep(targets)
+            self.run_phase("1M", targets, LARGE_SCENARIOS)
+            self.report.meta["data"] += "; then 1,000,000 tasks incl. bench-big with 100,000"
+
+        self.final_memory(targets)
+        if plan.profile:
+            self.run_profiles(api)
+        self.report.machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        evaluate_targets(self.report, API, REFERENCE)
+
+    def close(self) -> None:
+        for server in list(self.servers):
+            server.stop()
+        self.servers.clear()
+        if self.plan.keep_database:
+            say(f"kept database {self.db.name} ({self.db.url})")
+        else:
+            self.db.drop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    plan = Plan.from_args(parse_args(argv))
+    started = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="todo_bench_"))
+    bench = Bench(plan, workdir)
+    failed = True
+    try:
+        bench.run()
+        failed = False
+    finally:
+        for server in bench.servers:
+            if failed:
+                print(f"--- last lines of {server.name}'s log ---\n{server.log()}", file=sys.stderr)
+        bench.close()
+        if failed:
+            print(f"bench: failed; server logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    names = [API, API_NO_METRICS, REFERENCE] if plan.metrics_compare else [API, REFERENCE]
+    directory = RESULTS / "smoke" if plan.mode == "smoke" else RESULTS
+    path, markdown = write(bench.report, names, directory=directory)
+    print(markdown)
+    say(f"report: {path.relative_to(REPO)} (+ .json, latest.md, latest.json)")
+    say(f"finished in {time.perf_counter() - started:.0f} s")
+    failures = bench.report.failures
+    if failures:
+        print(
+            f"bench: {len(failures)} wrk run(s) had failed requests (see Errors)", file=sys.stderr
+        )
+        return 1
+    return 0

@@ -1,0 +1,299 @@
+"""Machine facts, targets, and the markdown/JSON report written to bench/results/."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.wrk import WrkResult
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# The issue's targets: reported, never asserted.
+MIN_RATIO = 0.5
+MAX_P99_MS = 50.0
+MAX_RSS_MB = 150.0
+MAX_GROWTH = 0.10
+MAX_READY_S = 2.0
+MIN_SCALE_RATIO = 0.8
+
+
+@dataclass
+class Aggregate:
+    """One scenario on one server: the rounds' mean req/s, p50 and p99; summed error counts."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non2xx: int
+    socket_errors: int
+    runs: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, runs: list[WrkResult]) -> Aggregate:
+        return cls(
+            rps=statistics.fmean(r.rps for r in runs),
+            p50_ms=statistics.fmean(r.p50_ms for r in runs),
+            p99_ms=statistics.fmean(r.p99_ms for r in runs),
+            non2xx=sum(r.non2xx for r in runs),
+            socket_errors=sum(r.socket_errors for r in runs),
+            runs=[asdict(r) | {"rps": round(r.rps, 1)} for r in runs],
+        )
+
+
+@dataclass
+class Target:
+    what: str
+    value: str
+    limit: str
+    met: bool
+
+
+@dataclass
+class Report:
+    meta: dict[str, Any]
+    machine: dict[str, Any]
+    # phase -> scenario -> server name -> aggregate
+    phases: dict[str, dict[str, dict[str, Aggregate]]] = field(default_factory=dict)
+    startup_s: list[float] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)
+    checks: list[WrkResult] = field(default_factory=list)  # every wrk run, for the error gate
+    targets: list[Target] = field(default_factory=list)
+    profile: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list[WrkResult]:
+        return [r for r in self.checks if not r.ok]
+
+
+def machine_info(postgres_version: str) -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_model": model or platform.processor() or "unknown",
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "postgresql": postgres_version,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def git_state(repo: Path) -> str:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "src")
+    return f"{commit}{' + uncommitted src changes' if dirty else ''}"
+
+
+def evaluate_targets(report: Report, api: str, reference: str) -> None:
+    targets: list[Target] = []
+    for phase, scenarios in report.phases.items():
+        for scenario, by_server in scenarios.items():
+            a, r = by_server.get(api), by_server.get(reference)
+            if a and r and r.rps:
+                ratio = a.rps / r.rps
+                targets.append(
+                    Target(
+                        f"{phase} {scenario}: API/reference",
+                        f"{ratio:.2f}x",
+                        ">= 0.5x",
+                        ratio >= MIN_RATIO,
+                    )
+                )
+            if a:
+                targets.append(
+                    Target(
+                        f"{phase} {scenario}: API p99",
+                        f"{a.p99_ms:.1f} ms",
+                        "<= 50 ms",
+                        a.p99_ms <= MAX_P99_MS,
+                    )
+                )
+    if "1M" in report.phases and "100k" in report.phases:
+        for scenario in ("get", "list"):
+            small = report.phases["100k"].get(scenario, {}).get(api)
+            large = report.phases["1M"].get(scenario, {}).get(api)
+            if small and large and small.rps:
+                ratio = large.rps / small.rps
+                targets.append(
+                    Target(
+                        f"{scenario}: 1M / 100k tasks",
+                        f"{ratio:.2f}x",
+                        ">= 0.8x",
+                        ratio >= MIN_SCALE_RATIO,
+                    )
+                )
+    for phase, scenarios in report.phases.items():
+        deep, shallow = scenarios.get("list-deep", {}).get(api), scenarios.get("list", {}).get(api)
+        if deep and shallow and shallow.rps:
+            ratio = deep.rps / shallow.rps
+            targets.append(
+                Target(
+                    f"{phase} list-deep / list",
+                    f"{ratio:.2f}x",
+                    ">= 0.8x",
+                    ratio >= MIN_SCALE_RATIO,
+                )
+            )
+    memory = report.memory.get(api, {})
+    if "peak_mb" in memory:
+        targets.append(
+            Target(
+                "API peak RSS",
+                f"{memory['peak_mb']:.1f} MB",
+                "<= 150 MB",
+                memory["peak_mb"] <= MAX_RSS_MB,
+            )
+        )
+    if "growth" in memory:
+        growth = memory["growth"]
+        targets.append(
+            Target(
+                "API RSS growth, run 2 vs run 1",
+                f"{100 * growth:+.1f}%",
+                "<= +10%",
+                growth <= MAX_GROWTH,
+            )
+        )
+    if report.startup_s:
+        median = statistics.median(report.startup_s)
+        targets.append(
+            Target("start to ready (median)", f"{median:.2f} s", "<= 2 s", median <= MAX_READY_S)
+        )
+    report.targets = targets
+
+
+def _ms(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def render(report: Report, servers: list[str]) -> str:
+    meta, machine = report.meta, report.machine
+    api, reference = servers[0], servers[-1]
+    lines = [
+        f"# todo-api benchmark — {meta['started']}",
+        "",
+        f"- mode: **{meta['mode']}**; {meta['connections']} connections; "
+        f"{meta['seconds']} s per run x {meta['rounds']} rounds, servers interleaved "
+        f"({', '.join(servers)}), mean of the rounds",
+        f"- code: {meta['git']}; data: {meta['data']}",
+        f"- machine: {machine['cpu_model']}, {machine['cores']} cores "
+        f"({meta['pinning']}); {machine['postgresql']}; Python {machine['python']}; "
+        f"load average {machine['load_average_at_start']} at start, "
+        f"{machine.get('load_average_at_end', '?')} at end",
+        "",
+    ]
+    for phase, scenarios in report.phases.items():
+        lines += [f"## {phase}", ""]
+        head = "| scenario |"
+        rule = "|---|"
+        for name in servers:
+            head += f" {name} req/s | p50 ms | p99 ms | non-2xx | sock err |"
+            rule += "---:|---:|---:|---:|---:|"
+        head += " API/ref |"
+        rule += "---:|"
+        if len(servers) == 3:
+            head += " metrics on/off |"
+            rule += "---:|"
+        lines += [head, rule]
+        for scenario, by_server in scenarios.items():
+            row = f"| {scenario} |"
+            for name in servers:
+                a = by_server[name]
+                row += f" {a.rps:,.0f} | {_ms(a.p50_ms)} | {_ms(a.p99_ms)} |"
+                row += f" {a.non2xx} | {a.socket_errors} |"
+            ratio = by_server[api].rps / by_server[reference].rps if by_server[reference].rps else 0
+            row += f" **{ratio:.2f}x** |"
+            if len(servers) == 3:
+                on, off = by_server[api].rps, by_server[servers[1]].rps
+                row += f" {on / off if off else 0:.2f}x |"
+            lines.append(row)
+        lines.append("")
+    if report.startup_s:
+        samples = ", ".join(f"{s:.2f}" for s in report.startup_s)
+        median = statistics.median(report.startup_s)
+        lines += [
+            "## Start to ready",
+            "",
+            "Spawn of `python -m todo_api serve` -> first 200 on `/health/ready` "
+            f"(migrated database, AUTO_MIGRATE=true): median **{median:.2f} s** "
+            f"(samples: {samples} s).",
+            "",
+        ]
+    if report.memory:
+        lines += ["## Memory (VmHWM = peak RSS of the serving process)", ""]
+        lines += ["| server | reading | VmHWM MB | VmRSS MB |", "|---|---|---:|---:|"]
+        for name, info in report.memory.items():
+            for reading in info.get("readings", []):
+                lines.append(
+                    f"| {name} | {reading['when']} | {reading['VmHWM'] / 1024:.1f} "
+                    f"| {reading['VmRSS'] / 1024:.1f} |"
+                )
+        growth = report.memory.get(api, {}).get("growth")
+        if growth is not None:
+            lines += [
+                "",
+                f"API peak RSS growth between the two mixed runs: **{100 * growth:+.1f}%**.",
+            ]
+        lines.append("")
+    if report.targets:
+        lines += ["## Targets (reported, not asserted)", "", "| target | value | goal | met |"]
+        lines.append("|---|---:|---|:-:|")
+        lines += [
+            f"| {t.what} | {t.value} | {t.limit} | {'yes' if t.met else '**no**'} |"
+            for t in report.targets
+        ]
+        lines.append("")
+    if report.profile:
+        lines += ["## Profiles", ""]
+        lines += [f"- {scenario}: `{path}`" for scenario, path in report.profile.items()]
+        lines.append("")
+    failures = report.failures
+    lines += ["## Errors", ""]
+    if failures:
+        lines += [
+            f"- {r.target} {r.scenario}: {r.non2xx} non-2xx (last status {r.last_bad_status}), "
+            f"{r.socket_errors} socket errors, {r.requests} requests"
+            for r in failures
+        ]
+    else:
+        lines.append(
+            f"None: all {len(report.checks)} wrk runs had only 2xx answers and no socket errors."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def to_json(report: Report) -> dict[str, Any]:
+    data = asdict(report)
+    data["checks"] = [asdict(r) | {"ok": r.ok} for r in report.checks]
+    data["ok"] = not report.failures
+    return data
+
+
+def write(report: Report, servers: list[str], *, directory: Path = RESULTS) -> tuple[Path, str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    markdown = render(report, servers)
+    payload = json.dumps(to_json(report), indent=2, default=str) + "\n"
+    stamp = report.meta["stamp"]
+    for name, text in ((f"{stamp}.md", markdown), (f"{stamp}.json", payload)):
+        (directory / name).write_text(text)
+    (directory / "latest.md").write_text(markdown)
+    (directory / "latest.json").write_text(payload)
+    return directory / f"{stamp}.md", markdown
