@@ -85,7 +85,7 @@ def machine_info(postgres_version: str) -> dict[str, Any]:
         "cpu_model": model or platform.processor() or "unknown",
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)),
-        "postgresql": postgres_version,
+        "postgresql": postgres_version.split(" on ")[0],
         "python": platform.python_version(),
         "kernel": platform.release(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],

@@ -40,7 +40,12 @@ def empty_database() -> Iterator[str]:
 def test_two_processes_started_together_migrate_once_and_share_all_state(
     empty_database: str, tmp_path: Path
 ) -> None:
-    env = {"APP_ENV": "production", "DATABASE_URL": empty_database, "AUTO_MIGRATE": "true"}
+    env = {
+        "APP_ENV": "production",
+        "DATABASE_URL": empty_database,
+        "AUTO_MIGRATE": "true",
+        "AUTH_MODE": "none",  # explicit: production requires tokens by default
+    }
     # Both start on an empty database at the same moment: the advisory lock lets one migrate.
     with served(tmp_path, count=2, **env) as (first, second):
         a, b = httpx.Client(base_url=first.base_url), httpx.Client(base_url=second.base_url)

@@ -73,7 +73,8 @@ def config_error_lines(output: str) -> list[str]:
 
 
 def test_production_without_database_url_exits_naming_database_url(tmp_path: Path) -> None:
-    result = run_serve(tmp_path, APP_ENV="production")
+    # AUTH_MODE=none: production's default (jwt) would also name the missing key source.
+    result = run_serve(tmp_path, APP_ENV="production", AUTH_MODE="none")
 
     assert result.returncode == CONFIG_ERROR_EXIT, result.stdout
     assert [line.split(":")[0] for line in config_error_lines(result.stdout)] == ["DATABASE_URL"]
@@ -83,7 +84,9 @@ def test_production_without_database_url_exits_naming_database_url(tmp_path: Pat
 
 
 def test_every_invalid_variable_is_named_in_one_message(tmp_path: Path) -> None:
-    result = run_serve(tmp_path, APP_ENV="production", DB_POOL_SIZE="abc", LOG_LEVEL="loud")
+    result = run_serve(
+        tmp_path, APP_ENV="production", AUTH_MODE="none", DB_POOL_SIZE="abc", LOG_LEVEL="loud"
+    )
 
     assert result.returncode == CONFIG_ERROR_EXIT, result.stdout
     named = [line.split(":")[0] for line in config_error_lines(result.stdout)]

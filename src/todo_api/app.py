@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 
 from todo_api import __version__, migrate
 from todo_api.api import health, tasks
+from todo_api.api.docs import install_docs
 from todo_api.auth import TokenVerifier
 from todo_api.body_guard import RequestBodyGuard
 from todo_api.database import create_engine, session_factory
@@ -83,7 +84,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Multi-user task lists: each user reaches only their own tasks.",
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
+        docs_url=None,  # served by install_docs, from local assets
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.settings = settings
     app.state.started_at = time.monotonic()
     # One verifier per app (its JWKS cache is shared by every request); None: an open API.

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlmodel import SQLModel
@@ -19,7 +23,11 @@ from todo_api.database_url import DatabaseTarget
 from todo_api.logs import configure_logging
 from todo_api.settings import ConfigError, Settings, load_settings
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 log = logging.getLogger("todo_api.cli")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,19 +77,46 @@ def _serve(settings: Settings, *, host: str, port: int, workers: int) -> int:
         print(f"todo-api: {error}", file=sys.stderr)
         return 1
 
-    # The factory re-reads settings in each worker process, from the same environment.
-    # log_config=None keeps our logging setup instead of uvicorn's.
-    uvicorn.run(
-        "todo_api.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-        proxy_headers=True,
-        server_header=False,
-    )
+    # Several workers: each keeps its metrics in files in a private directory, and a scrape
+    # answered by any of them adds all up. Set before the workers are spawned (they inherit
+    # the environment, and prometheus_client reads it when first imported); removed on exit.
+    metrics_dir = None
+    if workers > 1 and settings.metrics_enabled and MULTIPROC_ENV not in os.environ:
+        metrics_dir = tempfile.mkdtemp(prefix="todo-api-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
+        log.info("metrics of the %d workers are gathered in %s", workers, metrics_dir)
+    try:
+        # The factory re-reads settings in each worker process, from the same environment.
+        # log_config=None keeps our logging setup instead of uvicorn's; access_log=False
+        # because our middleware writes the access line (with the route and request id).
+        uvicorn.run(
+            "todo_api.cli:serve_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,
+            access_log=False,
+            proxy_headers=True,
+            server_header=False,
+        )
+    finally:
+        if metrics_dir is not None:
+            del os.environ[MULTIPROC_ENV]
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def serve_app() -> FastAPI:
+    """The app of one uvicorn worker. With --workers N each worker is a fresh interpreter that
+    never ran `main`: logging has to be set up here too."""
+    # Imported here, not at the top: the app imports prometheus_client, which must not be
+    # loaded in this process before PROMETHEUS_MULTIPROC_DIR is set (see `_serve`).
+    from todo_api.app import create_app
+
+    settings = load_settings()
+    configure_logging(settings)
+    return create_app(settings)
 
 
 async def _prepare(settings: Settings) -> None:

@@ -22,9 +22,12 @@ from todo_api.settings import Settings
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has: anything else on a record came from `extra=` and is a field.
-_RECORD_ATTRIBUTES = frozenset(
-    vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None))
-) | {"message", "asctime", "request_id", "taskName"}
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "request_id",
+    "taskName",
+}
 
 
 def current_request_id() -> str | None:
@@ -90,7 +93,6 @@ def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> l
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
-        old.close()
     root.addHandler(handler)
     root.setLevel(settings.log_level)
 

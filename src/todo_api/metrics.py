@@ -25,6 +25,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
     values,
@@ -35,6 +36,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, ExecutionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import Pool
+
+# The `*_created` timestamp series double the output and the work of a scrape for a figure
+# Prometheus does not need (it detects counter resets itself).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Bounded label values: a client can send any method, but not grow the number of series.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -123,7 +128,7 @@ class Metrics:
         )
         info.labels(version=version, dialect=dialect).set(1)
         self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
-        self._query_children = {op: self._queries.labels(op) for op in (*_OPERATIONS, "OTHER")}
+        self._query_children: dict[str, Any] = {}
         self._engine: AsyncEngine | None = None
         self._pool_gauges: dict[str, Gauge] = {}
         if self.multiprocess:
@@ -161,12 +166,12 @@ class Metrics:
         if self.multiprocess:
             # Drop this process's live gauges (in flight, pool) from the sums; its counters
             # and histograms stay, so totals do not fall when a worker exits.
-            multiprocess.mark_process_dead(os.getpid())
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     def render(self) -> bytes:
         if self.multiprocess:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)
 
@@ -197,7 +202,11 @@ class Metrics:
         if started is None:
             return
         operation = statement.lstrip()[:6].upper()
-        child = self._query_children[operation if operation in _OPERATIONS else "OTHER"]
+        if operation not in _OPERATIONS:
+            operation = "OTHER"
+        child = self._query_children.get(operation)
+        if child is None:
+            child = self._query_children[operation] = self._queries.labels(operation)
         child.observe(time.perf_counter() - started)
 
     def _pool_changed(self, *_args: Any) -> None:

@@ -13,7 +13,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Match
@@ -116,12 +116,7 @@ class Observability:
             return template
         # Answered before routing (the body guard's 413/415) or by no route (404): match now.
         # Rare, so the cost of walking the routes is only paid on errors.
-        for candidate in self.routes:
-            match, _ = candidate.matches(scope)
-            template = getattr(candidate, "path_format", None)
-            if match is not Match.NONE and isinstance(template, str):
-                return template
-        return UNMATCHED_ROUTE
+        return _match_template(self.routes, scope) or UNMATCHED_ROUTE
 
     @staticmethod
     def _log_access(scope: Scope, route: str, status: int, seconds: float) -> None:
@@ -139,6 +134,20 @@ class Observability:
         access_log.info(
             "%s %s %d %.1f ms", scope["method"], route, status, seconds * 1000, extra=fields
         )
+
+
+def _match_template(routes: Iterable[BaseRoute], scope: Scope) -> str | None:
+    for candidate in routes:
+        # FastAPI wraps an included router in one route that holds the original router.
+        included = getattr(getattr(candidate, "original_router", None), "routes", None)
+        if included is not None:
+            template = _match_template(included, scope)
+        else:
+            match, _ = candidate.matches(scope)
+            template = getattr(candidate, "path_format", None) if match is not Match.NONE else None
+        if isinstance(template, str):
+            return template
+    return None
 
 
 def _request_id(headers: Sequence[tuple[bytes, bytes]]) -> str:

@@ -241,7 +241,17 @@ async def _database_error(request: Request, error: Exception) -> JSONResponse:
             extra=fields,
         )
         return problem_response(409, "The change conflicts with the stored data")
-    return await unexpected_error(request, error)
+    # Any other database error is a bug here (bad SQL, a missing column): 500, with the
+    # SQLSTATE that names it and the traceback.
+    log.error(
+        "database error on %s (SQLSTATE %s): %s",
+        operation,
+        sqlstate,
+        describe_error(error),
+        exc_info=error,
+        extra=fields,
+    )
+    return problem_response(500, "An unexpected error occurred; it has been logged")
 
 
 async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
@@ -250,9 +260,7 @@ async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
     Also called by the observability middleware, which sits outside Starlette's handlers.
     """
     operation = _operation(request)
-    log.error(
-        "unhandled error on %s", operation, exc_info=error, extra={"operation": operation}
-    )
+    log.error("unhandled error on %s", operation, exc_info=error, extra={"operation": operation})
     return problem_response(500, "An unexpected error occurred; it has been logged")
 
 

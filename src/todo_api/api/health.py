@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from todo_api import __version__, migrate
 from todo_api.api.deps import SettingsDep
 from todo_api.database import DatabaseUnavailable, describe_error, verify_database
+from todo_api.metrics import PoolStats, pool_stats
 from todo_api.problems import problem_response, responses
 
 router = APIRouter(prefix="/health", tags=["health"])
@@ -32,6 +33,8 @@ class DatabaseReadiness(BaseModel):
     latency_ms: float
     revision: str | None
     head_revision: str | None
+    # This worker's pool, after the probe returned its connection.
+    pool: PoolStats
 
 
 class Readiness(BaseModel):
@@ -76,5 +79,6 @@ async def readiness(request: Request, settings: SettingsDep) -> Readiness | JSON
             latency_ms=round(probe.latency_ms, 2),
             revision=revision,
             head_revision=head,
+            pool=pool_stats(engine.pool),
         )
     )
