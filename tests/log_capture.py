@@ -27,6 +27,8 @@ _TUNED_LOGGERS = (
     "sqlalchemy.pool",
     "aiosqlite",
     "alembic",
+    "httpx",
+    "httpcore",
 )
 
 
@@ -65,6 +67,9 @@ def captured_logs(settings: Settings, **overrides: Any) -> Iterator[LogCapture]:
     configure_logging(
         settings.model_copy(update={"log_format": "json", **overrides}), stream=capture.stream
     )
+    # The test's HTTP client logs each URL it requests: that is not the server's log.
+    for client_logger in ("httpx", "httpcore"):
+        logging.getLogger(client_logger).setLevel(logging.WARNING)
     try:
         yield capture
     finally:

@@ -66,7 +66,7 @@ async def test_openapi_declares_every_error_status_with_the_problem_schema(
         ("get", "/api/{user_id}/tasks"): {"200", "400", "422", "503"},
         ("delete", "/api/{user_id}/tasks"): {"200", "400", "422", "503"},
         ("get", "/api/{user_id}/tasks/stats"): {"200", "422", "503"},
-        ("post", "/api/{user_id}/tasks"): {"201", "409", "413", "415", "422", "503"},
+        ("post", "/api/{user_id}/tasks"): {"201", "400", "409", "413", "415", "422", "503"},
         ("get", "/api/{user_id}/tasks/{task_id}"): {"200", "304", "400", "404", "422", "503"},
         ("put", "/api/{user_id}/tasks/{task_id}"): WRITE_STATUSES,
         ("patch", "/api/{user_id}/tasks/{task_id}"): WRITE_STATUSES,

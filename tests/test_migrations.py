@@ -40,7 +40,7 @@ CLI_TIMEOUT = 30.0
 
 
 def test_there_is_exactly_one_head_revision() -> None:
-    assert HEAD == migrate.head_revision()
+    assert migrate.head_revision() == HEAD
 
 
 # --- scratch databases ---------------------------------------------------------------------------

@@ -197,7 +197,11 @@ class JwksCache:
         task.add_done_callback(self._background.discard)
 
     async def refresh_quietly(self) -> None:
-        await self.refresh()
+        # A background task: nobody awaits it, so nothing may escape it unlogged.
+        try:
+            await self.refresh()
+        except Exception:
+            log.exception("background JWKS refresh from %s failed", self.url)
 
     async def _fetch(self) -> bool:
         """One GET of the JWKS document; the lock is held by the caller."""
@@ -205,7 +209,7 @@ class JwksCache:
         try:
             document = await self._download()
             keys = _usable_keys(document)
-        except (httpx.HTTPError, ValueError) as error:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as error:
             self._last_failed = True
             cached = f"; keeping {len(self._keys)} cached key(s)" if self._keys else ""
             log.warning("cannot refresh the JWKS from %s: %s%s", self.url, error, cached)

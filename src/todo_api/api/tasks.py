@@ -43,7 +43,7 @@ router = APIRouter(
 
 # Every route can meet invalid input and a database outage.
 COMMON = (422, 503)
-BODY = (413, 415)
+BODY = (400, 413, 415)  # 400: the body is not JSON or not UTF-8
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
     304: {"description": "Not Modified (ETag matched)"}
 }
