@@ -70,8 +70,8 @@ async def test_statements_whose_connection_died_before_commit_run_once_more(
         async with session_factory(engine)() as session:
             await session.connection()
             await terminate_backends(str(settings.database.url.database))
-            items, _ = await repository.list_tasks(session, user_id="alice", limit=10)
-        assert [item.id for item in items] == [task.id]
+            page = await repository.list_tasks(session, user_id="alice", limit=10)
+        assert [item.id for item in page.items] == [task.id]
         assert await count_rows(engine) == 1  # written exactly once
     finally:
         await engine.dispose()

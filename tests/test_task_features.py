@@ -6,6 +6,7 @@ import asyncio
 import base64
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -27,7 +28,7 @@ async def make(client: httpx.AsyncClient, title: str, **fields: object) -> dict[
     return task
 
 
-async def listing(client: httpx.AsyncClient, **params: object) -> dict[str, object]:
+async def listing(client: httpx.AsyncClient, **params: Any) -> dict[str, object]:
     response = await client.get(TASKS, params=params)
     assert response.status_code == 200, response.text
     body: dict[str, object] = response.json()
@@ -40,7 +41,7 @@ def titles(page: dict[str, object]) -> list[str]:
     return [str(item["title"]) for item in items]
 
 
-async def walk(client: httpx.AsyncClient, limit: int, **params: object) -> list[str]:
+async def walk(client: httpx.AsyncClient, limit: int, **params: Any) -> list[str]:
     """Titles over every page."""
     seen: list[str] = []
     cursor = None
@@ -154,7 +155,7 @@ async def test_unknown_sort_is_400_naming_the_allowed_values(client: httpx.Async
         assert allowed in body["detail"]
 
 
-async def first_cursor(client: httpx.AsyncClient, **params: object) -> str:
+async def first_cursor(client: httpx.AsyncClient, **params: Any) -> str:
     for i in range(3):
         await make(client, f"t{i}", completed=True)
     cursor = (await listing(client, limit=1, **params))["next_cursor"]
