@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -92,3 +93,32 @@ async def test_operation_ids_are_stable_and_unique(client: httpx.AsyncClient) ->
     ids = [op["operationId"] for item in spec["paths"].values() for op in item.values()]
     assert len(ids) == len(set(ids))
     assert "tasks-create_task" in ids and "tasks-list_tasks" in ids
+
+
+async def test_every_operation_documents_examples_for_its_bodies(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    schemas = spec["components"]["schemas"]
+
+    def has_examples(schema: dict[str, Any]) -> bool:
+        if "$ref" in schema:
+            schema = schemas[schema["$ref"].rsplit("/", 1)[1]]
+        if "anyOf" in schema:
+            return any(
+                has_examples(option) for option in schema["anyOf"] if option != {"type": "null"}
+            )
+        properties = schema.get("properties", {}).values()
+        return "examples" in schema or any(
+            "examples" in prop or has_examples(prop)
+            for prop in properties
+            if "$ref" in prop or "examples" in prop
+        )
+
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if "requestBody" in operation:
+                body = operation["requestBody"]["content"]["application/json"]["schema"]
+                assert has_examples(body), (method, path, "request")
+            for status, response in operation["responses"].items():
+                content = response.get("content", {}).get("application/json")
+                if status.startswith("2") and content:
+                    assert has_examples(content["schema"]), (method, path, status)

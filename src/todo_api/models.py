@@ -218,6 +218,8 @@ class CompletionSet(_Input):
 
     completed: StrictBool
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"completed": True}]})
+
 
 class TaskRead(SQLModel):
     id: uuid.UUID
@@ -250,7 +252,8 @@ class TaskRead(SQLModel):
 class TaskPage(SQLModel):
     items: list[TaskRead]
     next_cursor: str | None = Field(
-        description="Pass as `cursor` to get the next page; null on the last page."
+        description="Pass as `cursor` to get the next page; null on the last page.",
+        schema_extra={"examples": ["WzEsIi1jcmVhdGVkX2F0Ii…"]},
     )
     total: int | None = Field(
         default=None, description="Tasks matching the filters; present with include_total=true"

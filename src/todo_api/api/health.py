@@ -11,7 +11,7 @@ import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from todo_api import __version__, migrate
 from todo_api.api.deps import SettingsDep
@@ -27,6 +27,12 @@ class Liveness(BaseModel):
     version: str
     uptime_seconds: float
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"status": "ok", "version": "0.1.0", "uptime_seconds": 42.5}]
+        }
+    )
+
 
 class DatabaseReadiness(BaseModel):
     dialect: str
@@ -40,6 +46,29 @@ class DatabaseReadiness(BaseModel):
 class Readiness(BaseModel):
     status: str = "ok"
     database: DatabaseReadiness
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ok",
+                    "database": {
+                        "dialect": "postgresql",
+                        "latency_ms": 1.8,
+                        "revision": "0002",
+                        "head_revision": "0002",
+                        "pool": {
+                            "kind": "AsyncAdaptedQueuePool",
+                            "size": 10,
+                            "checked_out": 1,
+                            "idle": 9,
+                            "overflow": 0,
+                        },
+                    },
+                }
+            ]
+        }
+    )
 
 
 @router.get("", summary="Liveness: the process is up (no database call)")
