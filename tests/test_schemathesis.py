@@ -40,7 +40,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
             [executable, "run", f"{server.base_url}/openapi.json", "--checks", CHECKS,
              "--phases", "examples,fuzzing,stateful", "--max-examples", "30",
              "--workers", "2", "--no-color"],
-            capture_output=True, text=True, timeout=300, check=False,
+            capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
         )  # fmt: skip
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "generated" in result.stdout or "passed" in result.stdout
