@@ -53,16 +53,43 @@ def create_engine(settings: Settings, *, direct: bool = False) -> AsyncEngine:
         # a named prepared statement from another client may already exist. Unnamed statements
         # only: asyncpg's cache off (its prepare() is then unnamed) and SQLAlchemy's cache off.
         connect_args |= {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
-    return create_async_engine(
+    engine = create_async_engine(
         target.url,
         connect_args=connect_args,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
-        # Neon drops idle connections; recycle before that, and ping before use in case it did.
+        # Neon drops idle connections: recycle them before its limits, and ping those that sat
+        # idle before use (see _ping_when_idle).
         pool_recycle=settings.db_pool_recycle,
-        pool_pre_ping=True,
     )
+    _ping_when_idle(engine, settings.db_ping_after_idle)
+    return engine
+
+
+def _ping_when_idle(engine: AsyncEngine, idle_seconds: float) -> None:
+    """Pre-ping on checkout, but only connections idle for more than `idle_seconds`.
+
+    SQLAlchemy's pool_pre_ping pings every checkout, and on asyncpg a ping is BEGIN, a query and
+    ROLLBACK: three round trips before every request. Connections die while idle (a suspended
+    Neon compute, a restarted pooler); one that dies while busy fails its next statement, which
+    the data layer retries once on a fresh connection.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:  # any failure: this connection is unusable
+            # The pool discards it and checks out (or opens) another.
+            raise exc.DisconnectionError(describe_error(error)) from error
 
 
 def _sqlite_engine(target: DatabaseTarget, settings: Settings) -> AsyncEngine:

@@ -86,10 +86,19 @@ async def _run(session: AsyncSession, work: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+
+
 async def _execute(session: AsyncSession, *statements: sa.Executable) -> Sequence[sa.Row[Any]]:
-    """The statements in one transaction; the rows of the last one."""
+    """The statements in one transaction; the rows of the last one.
+
+    A single statement is atomic by itself, so it runs in autocommit mode: no BEGIN before it
+    and no COMMIT or ROLLBACK after it, one round trip instead of three.
+    """
 
     async def work() -> Sequence[sa.Row[Any]]:
+        if not session.in_transaction():
+            await session.connection(execution_options=_AUTOCOMMIT if len(statements) == 1 else {})
         result = None
         for statement in statements:
             result = await session.execute(statement)
@@ -108,7 +117,8 @@ async def _write(session: AsyncSession, *statements: sa.Executable) -> Sequence[
 
 
 def _to_task(row: sa.Row[Any]) -> TaskRead:
-    return TaskRead.model_validate(row._mapping)
+    # Rows come from our own table through typed columns: no second validation needed.
+    return TaskRead.model_construct(**row._mapping)
 
 
 def _one_task(rows: Sequence[sa.Row[Any]]) -> TaskRead | None:
@@ -119,10 +129,13 @@ def _owned(user_id: str, task_id: uuid.UUID) -> sa.ColumnElement[bool]:
     return sa.and_(tasks.c.id == task_id, tasks.c.user_id == user_id)
 
 
+def _dialect(session: AsyncSession) -> str:
+    return session.bind.dialect.name if session.bind else "postgresql"
+
+
 def _insert(session: AsyncSession) -> Any:
     """The dialect's INSERT, which has ON CONFLICT DO NOTHING."""
-    dialect = session.bind.dialect.name if session.bind else "postgresql"
-    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return postgresql.insert if _dialect(session) == "postgresql" else sqlite.insert
 
 
 def _ensure_user(session: AsyncSession, user_id: str, email: str | None) -> sa.Executable:
@@ -174,7 +187,12 @@ async def create_task(
 ) -> TaskRead:
     task = _new_task(user_id, data)
     insert = sa.insert(tasks).values(task.model_dump()).returning(tasks.c.id)
-    await _write(session, _ensure_user(session, user_id, email), insert)
+    ensure_user = _ensure_user(session, user_id, email)
+    if _dialect(session) == "postgresql":
+        # One statement (the user upsert as a CTE): atomic on its own, one round trip.
+        await _write(session, insert.add_cte(ensure_user.cte("provisioned")))  # type: ignore[attr-defined]
+    else:
+        await _write(session, ensure_user, insert)  # SQLite has no INSERT inside WITH
     return task
 
 

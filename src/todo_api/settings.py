@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     db_pool_timeout: float = Field(default=10.0, gt=0, le=300)
     db_connect_timeout: float = Field(default=10.0, gt=0, le=300)
     db_pool_recycle: int = Field(default=240, ge=1)
+    # Ping a pooled connection before use when it sat idle this long (seconds).
+    db_ping_after_idle: float = Field(default=5.0, ge=0, le=3600)
     db_statement_timeout: float = Field(default=30.0, gt=0, le=3600)
     # Start-up retries (backoff with jitter) this long: a suspended Neon compute wakes slowly.
     db_connect_deadline: float = Field(default=30.0, ge=0, le=600)
@@ -164,6 +166,14 @@ class Settings(BaseSettings):
         except DatabaseUrlError as exc:
             raise ValueError(str(exc)) from None
         return value.strip()
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _log_format_or_unset(cls, value: Any) -> Any:
+        # `LOG_FORMAT=` (as in .env.example) means "the default for APP_ENV"; any case is fine.
+        if isinstance(value, str):
+            return value.strip().lower() or None
+        return value
 
     @property
     def logs_as_json(self) -> bool:
