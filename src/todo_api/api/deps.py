@@ -22,7 +22,9 @@ from todo_api.problems import RETRY_AFTER_SECONDS, Forbidden, ServiceUnavailable
 from todo_api.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies that do no I/O are `async def` all the same: FastAPI runs a plain `def` dependency
+# in a worker thread, a hop on every request.
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -102,7 +104,7 @@ async def authorize(
     return Principal(user_id=user_id, email=identity.email, claims=identity.claims)
 
 
-def owner_id(principal: Annotated[Principal, Depends(authorize)]) -> str:
+async def owner_id(principal: Annotated[Principal, Depends(authorize)]) -> str:
     return principal.user_id
 
 

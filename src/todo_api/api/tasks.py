@@ -73,7 +73,7 @@ class Listing:
     include_total: bool
 
 
-def listing(
+async def listing(
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size")] = 50,
     cursor: Annotated[
