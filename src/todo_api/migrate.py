@@ -6,6 +6,7 @@ Alembic is synchronous; it runs on an async connection through `run_sync` (Alemb
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -47,7 +48,9 @@ def alembic_config() -> Config:
     return config
 
 
+@functools.cache
 def head_revision() -> str | None:
+    # Reads every migration file: once per process, not on every readiness probe.
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
