@@ -107,7 +107,8 @@ def served(cwd: Path, *args: str, count: int = 1, **variables: str) -> Iterator[
     SIGTERM when done."""
     servers = [_start(cwd, args, variables) for _ in range(count)]
     try:
-        deadline = time.monotonic() + 30
+        # Generous: `--workers N` spawns fresh interpreters, slow to start on a busy machine.
+        deadline = time.monotonic() + 90
         for server in servers:
             while not server.healthy():
                 assert server.process.poll() is None, f"server exited early:\n{server.log()}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from support import running
+from support import running, settings_for
 from todo_api.settings import Settings
 
 pytestmark = pytest.mark.through_pooler
@@ -46,3 +46,14 @@ async def test_startup_with_auto_migrate_on_a_current_schema_is_a_no_op(
     async with running(migrating) as client:
         response: httpx.Response = await client.get("/health/ready")
     assert response.status_code == 200
+
+
+async def test_an_in_memory_sqlite_database_is_migrated_and_usable() -> None:
+    # The in-memory database lives in the engine's single connection: migrations must use it.
+    async with running(settings_for("sqlite://", auto_migrate=True)) as client:
+        ready = await client.get("/health/ready")
+        created = await client.post("/api/alice/tasks", json={"title": "in memory"})
+        listed = await client.get("/api/alice/tasks")
+    assert ready.status_code == 200, ready.text
+    assert created.status_code == 201
+    assert [task["title"] for task in listed.json()["items"]] == ["in memory"]

@@ -21,12 +21,15 @@ from todo_api.settings import Settings
 # its own task, so concurrent requests never see each other's id).
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-# Attributes every LogRecord has: anything else on a record came from `extra=` and is a field.
+# Attributes every LogRecord has: anything else on a record came from `extra=` and is a field
+# (but uvicorn's `color_message`, the message again with terminal colour codes).
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None))) | {
     "message",
     "asctime",
     "request_id",
+    "request_tag",
     "taskName",
+    "color_message",
 }
 
 
@@ -46,9 +49,17 @@ class RequestIdFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request_id, extras, traceback."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        # One encoder for every line: json.dumps with options builds a new one per call.
+        # default=str: an unexpected extra (an exception, a UUID) must not lose the line.
+        self._encode = json.JSONEncoder(default=str, ensure_ascii=False).encode
+        self._second = -1
+        self._second_text = ""
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": self._time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -65,8 +76,16 @@ class JsonFormatter(logging.Formatter):
             entry["traceback"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        # default=str: an unexpected extra (an exception, a UUID) must not lose the line.
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return self._encode(entry)
+
+    def _time(self, created: float) -> str:
+        """RFC 3339 UTC with milliseconds; the part up to the second is reused within it
+        (formatting a datetime costs more than the rest of an access line)."""
+        second = int(created)
+        if second != self._second:
+            stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second, self._second_text = second, stamp
+        return f"{self._second_text}.{int((created - second) * 1000):03d}Z"
 
 
 class ConsoleFormatter(logging.Formatter):

@@ -201,9 +201,7 @@ class Metrics:
         started = conn.info.pop(_QUERY_STARTED, None)
         if started is None:
             return
-        operation = statement.lstrip()[:6].upper()
-        if operation not in _OPERATIONS:
-            operation = "OTHER"
+        operation = _operation(statement)
         child = self._query_children.get(operation)
         if child is None:
             child = self._query_children[operation] = self._queries.labels(operation)
@@ -217,6 +215,25 @@ class Metrics:
             value = getattr(figures, key)
             if value is not None:
                 gauge.set(value)
+
+
+def _operation(statement: str) -> str:
+    """SELECT, INSERT, UPDATE, DELETE or OTHER: the statement's first word, or for a `WITH`
+    (a write inside a CTE, e.g. create-user-and-task in one round trip) the write it holds."""
+    verb = statement.lstrip()[:6].upper()
+    if verb in _OPERATIONS:
+        return verb
+    if verb.startswith("WITH"):
+        upper = statement.upper()
+        for write, marker in (
+            ("INSERT", "INSERT INTO"),
+            ("UPDATE", "UPDATE "),
+            ("DELETE", "DELETE FROM"),
+        ):
+            if marker in upper:
+                return write
+        return "SELECT"
+    return "OTHER"
 
 
 class _PoolCollector:

@@ -94,9 +94,11 @@ async def prepare_database(settings: Settings, engine: AsyncEngine) -> str | Non
     if not settings.auto_migrate:
         return None
     target = settings.database_direct
-    direct = create_engine(settings, direct=True)
+    # Without a separate direct URL the app's own engine will do (and an in-memory SQLite
+    # database exists only inside that engine's one connection).
+    direct = create_engine(settings, direct=True) if settings.database_url_direct else engine
     try:
-        if settings.database_url_direct:
+        if direct is not engine:
             await wait_for_database(direct, target, deadline_seconds=deadline)
         before, after = await upgrade(direct)
     except Exception as error:
@@ -106,7 +108,8 @@ async def prepare_database(settings: Settings, engine: AsyncEngine) -> str | Non
             ) from error
         raise
     finally:
-        await direct.dispose()
+        if direct is not engine:
+            await direct.dispose()
     if before != after:
         log.info("migrated database schema from %s to %s", before or "empty", after)
     return after
