@@ -35,6 +35,7 @@ from todo_api.models import UTCDateTime
 from todo_api.settings import Settings
 
 HEAD = migrate.head_revision()
+ALL_TABLES = {"alembic_version", "users", "tasks", "idempotency_keys"}
 TASKS_INDEX = "ix_tasks_user_id_created_at_id"
 CLI_TIMEOUT = 30.0
 
@@ -122,8 +123,7 @@ async def test_migrated_schema_has_the_expected_tables_and_index(engine: AsyncEn
     def indexes(connection: Connection) -> set[str]:
         return {str(index["name"]) for index in sa.inspect(connection).get_indexes("tasks")}
 
-    tables = {"alembic_version", "users", "tasks", "idempotency_keys"}
-    assert await table_names(engine) == tables
+    assert await table_names(engine) == ALL_TABLES
     async with engine.connect() as connection:
         found = await connection.run_sync(indexes)
     sort_indexes = {TASKS_INDEX, "ix_tasks_user_id_updated_at_id", "ix_tasks_user_id_title_id"}
@@ -149,7 +149,7 @@ async def test_upgrade_builds_an_empty_database_then_does_nothing_the_second_tim
         assert await migrate.upgrade(engine) == (None, HEAD)
         assert await migrate.upgrade(engine) == (HEAD, HEAD)
 
-        assert await table_names(engine) == {"alembic_version", "users", "tasks"}
+        assert await table_names(engine) == ALL_TABLES
         async with engine.connect() as connection:
             versions = (
                 await connection.execute(sa.text("SELECT version_num FROM alembic_version"))
@@ -228,11 +228,14 @@ def test_cli_check_on_an_unmigrated_database_fails_naming_each_problem(
 
     assert result.returncode == 1, result.stdout
     problems = [line for line in result.stderr.splitlines() if line.startswith("problem: ")]
-    assert problems == [
-        f"problem: schema is at no revision, expected {HEAD}",
-        "problem: table users is missing",
-        "problem: table tasks is missing",
-    ]
+    assert sorted(problems) == sorted(
+        [
+            f"problem: schema is at no revision, expected {HEAD}",
+            "problem: table users is missing",
+            "problem: table tasks is missing",
+            "problem: table idempotency_keys is missing",
+        ]
+    )
     assert "run `todo-api db upgrade`" in result.stderr
     assert "database check passed" not in result.stdout
     assert "Traceback" not in result.stderr
@@ -267,7 +270,7 @@ async def test_concurrent_upgrades_on_postgresql_serialise_on_the_advisory_lock(
             (HEAD, HEAD),
         ]
         assert await revision_of(engines[0]) == HEAD
-        assert await table_names(engines[0]) == {"alembic_version", "users", "tasks"}
+        assert await table_names(engines[0]) == ALL_TABLES
     finally:
         for engine in engines:
             await engine.dispose()
