@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pgbouncer import PgBouncer, find_pgbouncer
-from support import IN_CI, admin_url, running, settings_for
+from support import IN_CI, admin_execute, admin_url, running, settings_for
 from todo_api import migrate
 from todo_api.database import create_engine
 from todo_api.settings import Settings
@@ -33,24 +33,12 @@ BACKENDS = ("sqlite", "postgresql", "pgbouncer")
 BACKEND_SETTINGS: dict[str, dict[str, Any]] = {"pgbouncer": {"db_pool_mode": "transaction"}}
 
 
-def _asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def _admin_execute(statement: str) -> None:
-    connection = await asyncpg.connect(_asyncpg_dsn(admin_url()), timeout=10)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(scope="session")
 def postgresql_server_url() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this test session (dropped afterwards)."""
     name = f"todo_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     try:
-        asyncio.run(_admin_execute(f'CREATE DATABASE "{name}"'))
+        asyncio.run(admin_execute(f'CREATE DATABASE "{name}"'))
     except (OSError, asyncpg.PostgresError) as error:
         message = f"PostgreSQL at TEST_DATABASE_URL is unreachable: {type(error).__name__}: {error}"
         if IN_CI:
@@ -59,7 +47,7 @@ def postgresql_server_url() -> Iterator[str]:
     url = make_url(admin_url()).set(database=name).render_as_string(hide_password=False)
     asyncio.run(_migrate(url))
     yield url
-    asyncio.run(_admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")

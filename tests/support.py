@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import sqlalchemy as sa
 from fastapi import FastAPI
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from todo_api.app import create_app
@@ -30,6 +32,20 @@ PROBLEM = "application/problem+json"
 
 def admin_url() -> str:
     return os.environ.get("TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
+
+
+def admin_dsn() -> str:
+    """TEST_DATABASE_URL for asyncpg itself (no SQLAlchemy driver suffix)."""
+    return make_url(admin_url()).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def admin_execute(statement: str) -> None:
+    """Run one statement (CREATE/DROP DATABASE …) on the server at TEST_DATABASE_URL."""
+    connection = await asyncpg.connect(admin_dsn(), timeout=10)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
 
 
 def settings_for(url: str, **overrides: Any) -> Settings:

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel
 
-from support import IN_CI, admin_url, settings_for
+from support import IN_CI, admin_execute, admin_url, settings_for
 from todo_api import migrate
 from todo_api.database import create_engine
 from todo_api.models import UTCDateTime
@@ -47,22 +47,10 @@ def test_there_is_exactly_one_head_revision() -> None:
 # --- scratch databases ---------------------------------------------------------------------------
 
 
-def _asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def _admin_execute(statement: str) -> None:
-    connection = await asyncpg.connect(_asyncpg_dsn(admin_url()), timeout=10)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 def _scratch_postgresql_database() -> Iterator[str]:
     name = f"todo_scratch_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     try:
-        asyncio.run(_admin_execute(f'CREATE DATABASE "{name}"'))
+        asyncio.run(admin_execute(f'CREATE DATABASE "{name}"'))
     except (OSError, asyncpg.PostgresError) as error:
         message = f"PostgreSQL at TEST_DATABASE_URL is unreachable: {type(error).__name__}: {error}"
         if IN_CI:
@@ -71,7 +59,7 @@ def _scratch_postgresql_database() -> Iterator[str]:
     try:
         yield make_url(admin_url()).set(database=name).render_as_string(hide_password=False)
     finally:
-        asyncio.run(_admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture

@@ -7,12 +7,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from support import admin_url, served
+from support import admin_execute, admin_url, served
 from todo_api import migrate
 
 HEAD = migrate.head_revision()
@@ -22,19 +21,9 @@ HEAD = migrate.head_revision()
 def empty_database() -> Iterator[str]:
     """A brand-new PostgreSQL database with no schema at all."""
     name = f"todo_scale_{uuid.uuid4().hex[:10]}"
-    admin = make_url(admin_url())
-    dsn = admin.set(drivername="postgresql").render_as_string(hide_password=False)
-
-    async def execute(statement: str) -> None:
-        connection = await asyncpg.connect(dsn)
-        try:
-            await connection.execute(statement)
-        finally:
-            await connection.close()
-
-    asyncio.run(execute(f'CREATE DATABASE "{name}"'))
-    yield admin.set(database=name).render_as_string(hide_password=False)
-    asyncio.run(execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(admin_execute(f'CREATE DATABASE "{name}"'))
+    yield make_url(admin_url()).set(database=name).render_as_string(hide_password=False)
+    asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def test_two_processes_started_together_migrate_once_and_share_all_state(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,29 +18,14 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from support import clean_env, free_port
 from todo_api import migrate
-from todo_api.settings import Settings
 
 PASSWORD = "s3cr3t-pw-XYZ"
 EXPECTED_POSTGRES_FORM = "postgresql://USER:PASSWORD@HOST:5432/DBNAME"
 RUN_TIMEOUT = 30.0
 READY_TIMEOUT = 20.0
 CONFIG_ERROR_EXIT = 2  # the README's promise for configuration problems
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_env(**variables: str) -> dict[str, str]:
-    """os.environ without any variable the service reads, plus `variables`."""
-    ours = {name.lower() for name in Settings.model_fields}
-    env = {key: value for key, value in os.environ.items() if key.lower() not in ours}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env | variables
 
 
 def serve_command(port: int) -> list[str]:
