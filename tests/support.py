@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 import httpx
@@ -90,6 +91,32 @@ def _db_uuid(engine: AsyncEngine, task_id: str) -> Any:
     # SQLite stores UUIDs as 32 hex characters; PostgreSQL has a native uuid type.
     parsed = uuid.UUID(task_id)
     return parsed.hex if engine.dialect.name == "sqlite" else parsed
+
+
+async def create_task(
+    client: httpx.AsyncClient, user: str = "alice", **fields: Any
+) -> dict[str, Any]:
+    """POST a task for `user` (title "Buy milk" unless given); asserts 201, returns the task."""
+    response = await client.post(
+        f"/api/{quote(user, safe='')}/tasks", json={"title": "Buy milk", **fields}
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a rejected request could have changed."""
+
+    tasks: int
+    users: int
+    rows: dict[str, dict[str, Any] | None]
+
+
+async def snapshot(engine: AsyncEngine, *task_ids: str) -> Snapshot:
+    rows = {task_id: await stored_task(engine, task_id) for task_id in task_ids}
+    return Snapshot(await count_rows(engine, "tasks"), await count_rows(engine, "users"), rows)
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -17,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from support import assert_problem, count_rows, stored_task
+from support import assert_problem, count_rows, create_task, snapshot, stored_task
 from todo_api.settings import Settings
 
 USER = "alice"
@@ -34,27 +33,6 @@ BODY_TARGETS = [
 ]
 # The endpoints whose body holds title and description.
 TEXT_TARGETS = BODY_TARGETS[:3]
-
-
-async def create_task(client: httpx.AsyncClient, user: str = USER, **fields: Any) -> dict[str, Any]:
-    response = await client.post(
-        f"/api/{quote(user, safe='')}/tasks", json={"title": "Buy milk", **fields}
-    )
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    tasks: int
-    users: int
-    rows: dict[str, dict[str, Any] | None]
-
-
-async def snapshot(engine: AsyncEngine, *task_ids: str) -> Snapshot:
-    rows = {task_id: await stored_task(engine, task_id) for task_id in task_ids}
-    return Snapshot(await count_rows(engine, "tasks"), await count_rows(engine, "users"), rows)
 
 
 async def assert_refused(

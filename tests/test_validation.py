@@ -7,40 +7,18 @@ each rejection also checks that the database holds exactly what it held before t
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from support import assert_problem, count_rows, stored_task
+from support import assert_problem, create_task, snapshot, stored_task
 
 USER = "alice"
 TASKS = f"/api/{USER}/tasks"
 WRITES = ("POST", "PUT", "PATCH")
 READ_ONLY = ("id", "user_id", "created_at", "updated_at")
-
-
-async def create_task(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
-    response = await client.post(TASKS, json={"title": "Buy milk", **fields})
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Everything a rejected request could have changed."""
-
-    tasks: int
-    users: int
-    rows: dict[str, dict[str, Any] | None]
-
-
-async def snapshot(engine: AsyncEngine, *task_ids: str) -> Snapshot:
-    rows = {task_id: await stored_task(engine, task_id) for task_id in task_ids}
-    return Snapshot(await count_rows(engine, "tasks"), await count_rows(engine, "users"), rows)
 
 
 async def write_target(client: httpx.AsyncClient, method: str) -> tuple[str, str]:
