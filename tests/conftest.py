@@ -8,13 +8,10 @@ PostgreSQL fails the run; elsewhere those tests are skipped with the reason.
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -22,7 +19,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pgbouncer import PgBouncer, find_pgbouncer
-from support import IN_CI, admin_execute, admin_url, running, settings_for
+from support import (
+    IN_CI,
+    running,
+    scratch_postgresql_database,
+    settings_for,
+)
 from todo_api import migrate
 from todo_api.database import create_engine
 from todo_api.settings import Settings
@@ -36,18 +38,9 @@ BACKEND_SETTINGS: dict[str, dict[str, Any]] = {"pgbouncer": {"db_pool_mode": "tr
 @pytest.fixture(scope="session")
 def postgresql_server_url() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this test session (dropped afterwards)."""
-    name = f"todo_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    try:
-        asyncio.run(admin_execute(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError) as error:
-        message = f"PostgreSQL at TEST_DATABASE_URL is unreachable: {type(error).__name__}: {error}"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    url = make_url(admin_url()).set(database=name).render_as_string(hide_password=False)
-    asyncio.run(_migrate(url))
-    yield url
-    asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_postgresql_database("todo_test") as url:
+        asyncio.run(_migrate(url))
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from urllib.parse import quote
 
 import asyncpg
 import httpx
+import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
@@ -47,6 +49,26 @@ async def admin_execute(statement: str) -> None:
         await connection.execute(statement)
     finally:
         await connection.close()
+
+
+@contextmanager
+def scratch_postgresql_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database on TEST_DATABASE_URL's server, dropped afterwards.
+
+    An unreachable server fails the test in CI (CI=true) and skips it elsewhere.
+    """
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        asyncio.run(admin_execute(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as error:
+        message = f"PostgreSQL at TEST_DATABASE_URL is unreachable: {type(error).__name__}: {error}"
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    try:
+        yield make_url(admin_url()).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def settings_for(url: str, **overrides: Any) -> Settings:

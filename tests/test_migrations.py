@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import sqlalchemy as sa
 from alembic import command
@@ -28,7 +27,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel
 
-from support import IN_CI, admin_execute, admin_url, settings_for
+from support import scratch_postgresql_database, settings_for
 from todo_api import migrate
 from todo_api.database import create_engine
 from todo_api.models import UTCDateTime
@@ -47,25 +46,11 @@ def test_there_is_exactly_one_head_revision() -> None:
 # --- scratch databases ---------------------------------------------------------------------------
 
 
-def _scratch_postgresql_database() -> Iterator[str]:
-    name = f"todo_scratch_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    try:
-        asyncio.run(admin_execute(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError) as error:
-        message = f"PostgreSQL at TEST_DATABASE_URL is unreachable: {type(error).__name__}: {error}"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    try:
-        yield make_url(admin_url()).set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
 @pytest.fixture
 def empty_postgresql_url() -> Iterator[str]:
     """A brand-new PostgreSQL database with nothing in it."""
-    yield from _scratch_postgresql_database()
+    with scratch_postgresql_database("todo_scratch") as url:
+        yield url
 
 
 @pytest.fixture
@@ -74,7 +59,8 @@ def empty_database_url(backend: str, tmp_path: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'fresh.db'}"
     else:
-        yield from _scratch_postgresql_database()
+        with scratch_postgresql_database("todo_scratch") as url:
+            yield url
 
 
 async def table_names(engine: AsyncEngine) -> set[str]:
