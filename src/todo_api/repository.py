@@ -12,8 +12,10 @@ Rules each function keeps:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -66,24 +68,46 @@ class Stats:
         return self.total - self.completed
 
 
-# --- execution: retry once on a lost connection, commit writes before answering ---------------
+# --- execution: retry lost connections and lock conflicts, commit writes before answering ------
+
+# SQLSTATEs that mean "this transaction lost a race, nothing of it was kept, run it again":
+# serialization_failure and deadlock_detected. Neither may reach a client as a 5xx.
+_CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
+CONFLICT_ATTEMPTS = 5
+
+
+def _sqlstate(error: exc.DBAPIError) -> str | None:
+    return getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
 
 
 async def _run(session: AsyncSession, work: Callable[[], Awaitable[T]]) -> T:
-    """Run `work` in the session's transaction.
+    """Run `work` in the session's transaction, again if that is safe and may succeed.
 
-    If the connection dies under it (a Neon compute suspending, a pooler restarting), nothing
-    was committed, so it runs once more on a fresh connection instead of failing the request.
+    - The connection died under it (a Neon compute suspending, a pooler restarting): nothing
+      was committed, so it runs once more on a fresh connection instead of failing the request.
+    - PostgreSQL aborted it as a deadlock victim or a serialization failure: the transaction
+      was rolled back whole, so it runs again (up to CONFLICT_ATTEMPTS in all, after a short,
+      growing, jittered pause that lets the winner finish).
     """
-    for attempt in (1, 2):
+    lost_connection_retried = False
+    attempt = 1
+    while True:
         try:
             return await work()
         except exc.DBAPIError as error:
-            if attempt == 2 or not error.connection_invalidated:
+            if error.connection_invalidated and not lost_connection_retried:
+                lost_connection_retried = True
+                log.warning("database connection lost before commit; retrying: %s", error.orig)
+            elif _sqlstate(error) in _CONFLICT_SQLSTATES and attempt < CONFLICT_ATTEMPTS:
+                log.warning(
+                    "transaction aborted by a concurrent one (SQLSTATE %s); retry %d of %d",
+                    _sqlstate(error), attempt, CONFLICT_ATTEMPTS - 1,
+                )  # fmt: skip
+                await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+                attempt += 1
+            else:
                 raise
-            log.warning("database connection lost before commit; retrying once: %s", error.orig)
             await session.rollback()
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 _AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
