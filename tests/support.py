@@ -37,9 +37,13 @@ def admin_url() -> str:
     return os.environ.get("TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
 
 
-def admin_dsn() -> str:
-    """TEST_DATABASE_URL for asyncpg itself (no SQLAlchemy driver suffix)."""
-    return make_url(admin_url()).set(drivername="postgresql").render_as_string(hide_password=False)
+def admin_dsn(database: str | None = None) -> str:
+    """TEST_DATABASE_URL for asyncpg itself (no SQLAlchemy driver suffix), optionally naming
+    another database on the same server."""
+    url = make_url(admin_url()).set(drivername="postgresql")
+    if database is not None:
+        url = url.set(database=database)
+    return url.render_as_string(hide_password=False)
 
 
 async def admin_execute(statement: str) -> None:
@@ -217,6 +221,11 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an out-of-memory kill: no shutdown code runs at all."""
+        self.process.kill()
+        self.process.wait(timeout=10)
 
     def healthy(self) -> bool:
         try:

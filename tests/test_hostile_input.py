@@ -150,6 +150,29 @@ async def test_invalid_json_is_bad_request(
     await assert_refused(client, engine, method, suffix, 400, content=content, headers=JSON)
 
 
+# Numbers a JSON parser may turn into floats or big ints; none of them is text.
+NUMBER_LITERALS = ["NaN", "-Infinity", "1e999", "1" * 30]
+
+
+@pytest.mark.parametrize(("method", "suffix"), TEXT_TARGETS)
+@pytest.mark.parametrize("field", ["title", "description"])
+@pytest.mark.parametrize("literal", NUMBER_LITERALS)
+async def test_number_where_a_string_belongs_is_rejected(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    method: str,
+    suffix: str,
+    field: str,
+    literal: str,
+) -> None:
+    others = b'"description":"x"' if field == "title" else b'"title":"x"'
+    content = b"{" + others + b',"' + field.encode() + b'":' + literal.encode() + b"}"
+    problem = await assert_refused(
+        client, engine, method, suffix, 422, content=content, headers=JSON
+    )
+    assert named_fields(problem) == {field}
+
+
 # --- parser limits ----------------------------------------------------------------------------
 
 DEPTH = 10_000
@@ -165,18 +188,10 @@ DEPTH = 10_000
         pytest.param(b'{"title":"x","completed":' + b"1" * 5000 + b"}", id="5000-digit-number"),
     ],
 )
-async def test_json_beyond_parser_limits_is_a_client_error(
+async def test_json_beyond_parser_limits_is_bad_request(
     client: httpx.AsyncClient, engine: AsyncEngine, method: str, suffix: str, content: bytes
 ) -> None:
-    task = await create_task(client)
-    before = await snapshot(engine, task["id"])
-
-    url = TASKS + suffix.format(task=task["id"])
-    response = await client.request(method, url, content=content, headers=JSON)
-
-    assert 400 <= response.status_code < 500, response.text
-    assert_problem(response, response.status_code)
-    assert await snapshot(engine, task["id"]) == before
+    await assert_refused(client, engine, method, suffix, 400, content=content, headers=JSON)
 
 
 # --- body size --------------------------------------------------------------------------------
@@ -250,6 +265,34 @@ async def test_body_one_byte_over_the_limit_is_refused(
         content=padded_json(settings.max_body_bytes + 1),
         headers=JSON,
     )
+
+
+def ten_megabytes(kind: str) -> bytes | AsyncIterator[bytes]:
+    content = padded_json(10 * MiB)
+    return content if kind == "declared" else chunks(content)
+
+
+@pytest.mark.parametrize("kind", ["declared", "chunked"])
+async def test_ten_megabyte_body_on_a_delete_is_refused_and_deletes_nothing(
+    client: httpx.AsyncClient, engine: AsyncEngine, kind: str
+) -> None:
+    # DELETE takes no body; a huge one must still be refused before anything is removed.
+    await assert_refused(client, engine, "DELETE", "/{task}", 413, content=ten_megabytes(kind))
+
+
+@pytest.mark.parametrize("kind", ["declared", "chunked"])
+async def test_ten_megabyte_body_on_a_bulk_delete_is_refused_and_deletes_nothing(
+    client: httpx.AsyncClient, engine: AsyncEngine, kind: str
+) -> None:
+    done = await create_task(client, completed=True)
+    before = await snapshot(engine, done["id"])
+
+    response = await client.request(
+        "DELETE", TASKS, params={"completed": "true"}, content=ten_megabytes(kind)
+    )
+
+    assert_problem(response, 413)
+    assert await snapshot(engine, done["id"]) == before
 
 
 # --- media type -------------------------------------------------------------------------------
@@ -433,6 +476,84 @@ async def test_path_traversal_finds_no_route(
     assert await snapshot(engine, task["id"]) == before
 
 
+@pytest.mark.parametrize(
+    ("method", "suffix"),
+    [
+        ("GET", ""),
+        ("POST", ""),
+        ("DELETE", "?completed=true"),
+        ("GET", "/stats"),
+        ("GET", "/{task}"),
+        ("PUT", "/{task}"),
+        ("PATCH", "/{task}"),
+        ("DELETE", "/{task}"),
+        ("PATCH", "/{task}/complete"),
+    ],
+)
+async def test_empty_user_id_finds_no_route(
+    client: httpx.AsyncClient, engine: AsyncEngine, method: str, suffix: str
+) -> None:
+    task = await create_task(client, completed=True)
+    before = await snapshot(engine, task["id"])
+    body = {"title": "x"} if method in ("POST", "PUT", "PATCH") else None
+
+    response = await client.request(
+        method, "/api//tasks" + suffix.format(task=task["id"]), json=body
+    )
+
+    assert_problem(response, 404)
+    assert await snapshot(engine, task["id"]) == before
+
+
+# Starlette percent-decodes the path and query with errors="replace": unchecked, these bytes
+# would arrive as U+FFFD, and "%FF" and "%FE" would be one and the same user.
+INVALID_UTF8_IN_URL = [
+    pytest.param("%FF", id="ff"),
+    pytest.param("ali%C3%28ce", id="bad-continuation"),
+    pytest.param("%C0%AF", id="overlong"),
+    pytest.param("%ED%A0%80", id="encoded-lone-surrogate"),
+]
+
+
+@pytest.mark.parametrize("user", INVALID_UTF8_IN_URL)
+async def test_invalid_utf8_in_the_user_id_is_bad_request(
+    client: httpx.AsyncClient, engine: AsyncEngine, user: str
+) -> None:
+    before = await snapshot(engine)
+
+    response = await client.post(f"/api/{user}/tasks", json={"title": "x"})
+
+    assert_problem(response, 400)
+    assert await snapshot(engine) == before
+
+
+@pytest.mark.parametrize("q", INVALID_UTF8_IN_URL)
+async def test_invalid_utf8_in_the_search_is_bad_request(
+    client: httpx.AsyncClient, engine: AsyncEngine, q: str
+) -> None:
+    await create_task(client, title="\N{REPLACEMENT CHARACTER}")
+
+    response = await client.get(f"{TASKS}?q={q}")
+
+    assert_problem(response, 400)
+    assert await count_rows(engine) == 1
+
+
+@pytest.mark.parametrize("text", SUSPICIOUS_TEXT[:13])
+async def test_sql_and_paths_as_search_terms_match_only_literally(
+    client: httpx.AsyncClient, engine: AsyncEngine, text: str
+) -> None:
+    target = await create_task(client, title=f"before {text} after")
+    await create_task(client, title="plain")
+    await create_task(client, user="bob", title=text)
+
+    response = await client.get(TASKS, params={"q": text})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["items"] == [target]
+    assert await count_rows(engine) == 3
+
+
 @pytest.mark.parametrize("limit", ["1; DROP TABLE tasks", "1 OR 1=1", "' OR '1'='1", "1e3"])
 async def test_sql_as_limit_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, limit: str
@@ -462,6 +583,7 @@ GARBAGE_CURSORS = [
     pytest.param("====", id="padding-only"),
     pytest.param("A", id="one-char"),
     pytest.param("\N{LATIN SMALL LETTER E WITH ACUTE}", id="non-ascii"),
+    pytest.param("\x00", id="nul"),
     pytest.param(base64.urlsafe_b64encode(bytes(range(48))).decode(), id="random-base64"),
     pytest.param(base64.urlsafe_b64encode(b"\xff\xfe\xfd").decode(), id="base64-of-non-utf8"),
     pytest.param(encode_cursor({"created_at": "2024-01-01T00:00:00+00:00"}), id="object"),
@@ -495,6 +617,23 @@ async def test_garbage_cursor_is_bad_request(
     assert await count_rows(engine) == 1
 
 
+def flip(cursor: str, index: int) -> str:
+    """One base64 character of the cursor replaced by another (the decoded bytes change)."""
+    replacement = "B" if cursor[index] == "A" else "A"
+    return cursor[:index] + replacement + cursor[index + 1 :]
+
+
+def resigned(cursor: str, field: int, value: Any) -> str:
+    """The cursor with one field of its JSON payload changed and the original MAC kept: what an
+    attacker who can read the format writes to jump elsewhere in a listing."""
+    payload, mac = cursor.split(".")
+    fields = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert fields[field] != value
+    fields[field] = value
+    edited = json.dumps(fields, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(edited).decode().rstrip("=") + "." + mac
+
+
 async def real_cursor(client: httpx.AsyncClient) -> str:
     for title in ("one", "two", "three"):
         await create_task(client, title=title)
@@ -512,6 +651,17 @@ async def real_cursor(client: httpx.AsyncClient) -> str:
         pytest.param(lambda cursor: cursor[len(cursor) // 2 :], id="second-half"),
         pytest.param(lambda cursor: cursor + "AAAA", id="bytes-appended"),
         pytest.param(lambda cursor: "AAAA" + cursor, id="bytes-prepended"),
+        pytest.param(lambda cursor: flip(cursor, len(cursor) // 3), id="payload-character-flipped"),
+        pytest.param(lambda cursor: flip(cursor, len(cursor) - 5), id="mac-character-flipped"),
+        pytest.param(lambda cursor: cursor.split(".")[0], id="mac-removed"),
+        pytest.param(lambda cursor: cursor.split(".")[0] + ".", id="mac-empty"),
+        pytest.param(lambda cursor: cursor + "." + cursor.split(".")[1], id="second-mac"),
+        pytest.param(lambda cursor: cursor.swapcase(), id="case-swapped"),
+        pytest.param(lambda cursor: cursor.replace(".", "\x00."), id="nul-inserted"),
+        pytest.param(lambda cursor: resigned(cursor, 3, "2000-01-01T00:00:00+00:00"), id="time"),
+        pytest.param(lambda cursor: resigned(cursor, 4, "0" * 32), id="task-id"),
+        pytest.param(lambda cursor: resigned(cursor, 1, "-updated_at"), id="sort"),
+        pytest.param(lambda cursor: resigned(cursor, 2, "0" * 16), id="filter-scope"),
     ],
 )
 async def test_edited_real_cursor_is_bad_request(
@@ -524,6 +674,22 @@ async def test_edited_real_cursor_is_bad_request(
 
     assert_problem(response, 400)
     assert await count_rows(engine) == 3
+
+
+async def test_a_cursor_replayed_on_another_users_list_shows_only_that_users_tasks(
+    client: httpx.AsyncClient,
+) -> None:
+    # The cursor is not bound to a user, only to a position; bob's tasks are older than that
+    # position, so they are all after it, and nothing of alice's may come with them.
+    bobs = [await create_task(client, user="bob", title=title) for title in ("b1", "b2")]
+    cursor = await real_cursor(client)
+
+    response = await client.get("/api/bob/tasks", params={"cursor": cursor})
+
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    assert sorted(item["id"] for item in items) == sorted(task["id"] for task in bobs)
+    assert {item["user_id"] for item in items} == {"bob"}
 
 
 # --- routes and methods -----------------------------------------------------------------------

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pgbouncer import PgBouncer
-from support import admin_url, count_rows, running, settings_for
-from todo_api import repository
-from todo_api.database import DatabaseUnavailable, create_engine, session_factory
-from todo_api.models import TaskCreate
+from support import admin_dsn, admin_url, assert_problem, count_rows, running, settings_for
+from tcp_proxy import TcpProxy
+from todo_api.database import DatabaseUnavailable
 from todo_api.settings import Settings
 
 pytestmark = pytest.mark.through_pooler
@@ -53,28 +54,110 @@ async def test_request_after_every_connection_was_terminated_succeeds(
     assert written.status_code == 201, written.text
 
 
+async def wait_for_lock_waiter(admin: asyncpg.Connection, database: str) -> int:
+    """The pid of the backend in `database` that waits for a row lock (the API's statement)."""
+    for _ in range(500):
+        pid = await admin.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+            database,
+        )
+        if pid is not None:
+            return int(pid)
+        await asyncio.sleep(0.02)
+    raise AssertionError("the API's statement never waited for the lock")
+
+
+async def terminate_while_waiting(admin: asyncpg.Connection, database: str) -> None:
+    """Kill the backend of the API statement that waits for the admin's lock."""
+    waiting = await wait_for_lock_waiter(admin, database)
+    assert await admin.fetchval("SELECT pg_terminate_backend($1)", waiting)
+    await asyncio.sleep(0.3)  # the API hears of it and runs the statement again
+
+
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
-async def test_statements_whose_connection_died_before_commit_run_once_more(
-    settings: Settings,
+async def test_a_statement_the_server_aborted_runs_again_once_applied(
+    client: httpx.AsyncClient, settings: Settings
 ) -> None:
-    # The pool's pre-ping cannot see a connection that dies after check-out; the data layer
-    # retries those statements once, since nothing was committed.
-    engine = create_engine(settings)
+    # The server kills the API's connection in the middle of a toggle (as a Neon compute
+    # restart does) and says so (SQLSTATE 57P01): nothing was committed, so the data layer runs
+    # the toggle again on a fresh connection. It must flip exactly once.
+    task = (await client.post("/api/alice/tasks", json={"title": "flip me"})).json()
+    database = str(settings.database.url.database)
+    admin = await asyncpg.connect(admin_dsn(database))
     try:
-        async with session_factory(engine)() as session:
-            await session.connection()  # checked out and pinged: now it dies
-            await terminate_backends(str(settings.database.url.database))
-            task = await repository.create_task(
-                session, user_id="alice", data=TaskCreate(title="survives")
-            )
-        async with session_factory(engine)() as session:
-            await session.connection()
-            await terminate_backends(str(settings.database.url.database))
-            page = await repository.list_tasks(session, user_id="alice", limit=10)
-        assert [item.id for item in page.items] == [task.id]
-        assert await count_rows(engine) == 1  # written exactly once
+        locker = admin.transaction()
+        await locker.start()
+        await admin.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", uuid.UUID(task["id"]))
+        toggle = asyncio.create_task(client.patch(f"/api/alice/tasks/{task['id']}/complete"))
+        await terminate_while_waiting(admin, database)
+        await locker.commit()
+        response = await toggle
     finally:
-        await engine.dispose()
+        await admin.close()
+    assert response.status_code == 200, response.text
+    assert (response.json()["completed"], response.json()["version"]) == (True, 2)
+    stored = (await client.get(f"/api/alice/tasks/{task['id']}")).json()
+    assert (stored["completed"], stored["version"]) == (True, 2)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_a_create_whose_connection_the_server_killed_is_written_once(
+    client: httpx.AsyncClient, settings: Settings, engine: AsyncEngine
+) -> None:
+    # An uncommitted insert of the same user row makes the create wait; killed there, it runs
+    # again and writes its task exactly once.
+    database = str(settings.database.url.database)
+    admin = await asyncpg.connect(admin_dsn(database))
+    try:
+        locker = admin.transaction()
+        await locker.start()
+        await admin.execute("INSERT INTO users (id, created_at) VALUES ('alice', now())")
+        create = asyncio.create_task(client.post("/api/alice/tasks", json={"title": "once"}))
+        await terminate_while_waiting(admin, database)
+        await locker.commit()
+        response = await create
+    finally:
+        await admin.close()
+    assert response.status_code == 201, response.text
+    assert await count_rows(engine) == 1
+
+
+async def test_a_write_whose_connection_vanished_without_an_answer_is_not_run_twice(
+    postgresql_server_url: str,
+) -> None:
+    # The connection disappears while a toggle waits (no error from the server: the toggle may
+    # still commit once the lock is released). Running it again could flip the task twice; the
+    # client gets a 503 instead, and the task is flipped at most once.
+    url = make_url(postgresql_server_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    through_proxy = url.set(host="127.0.0.1", port=proxy.port)
+    user = f"vanish-{uuid.uuid4().hex}"  # the session database is not emptied for this test
+    admin = await asyncpg.connect(admin_dsn(str(url.database)))
+    try:
+        async with running(
+            settings_for(through_proxy.render_as_string(hide_password=False))
+        ) as client:
+            task = (await client.post(f"/api/{user}/tasks", json={"title": "flip once"})).json()
+            locker = admin.transaction()
+            await locker.start()
+            await admin.execute(
+                "SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", uuid.UUID(task["id"])
+            )
+            toggle = asyncio.create_task(client.patch(f"/api/{user}/tasks/{task['id']}/complete"))
+            await wait_for_lock_waiter(admin, str(url.database))
+            proxy.cut()
+            response = await toggle
+            await locker.commit()
+            proxy.restore()
+            assert_problem(response, 503)
+            await asyncio.sleep(0.2)  # the orphaned UPDATE, if it runs, commits now
+            stored = (await client.get(f"/api/{user}/tasks/{task['id']}")).json()
+    finally:
+        await admin.close()
+        await proxy.close()
+    assert stored["version"] in (1, 2), stored
+    assert stored["completed"] is (stored["version"] == 2), stored
 
 
 def verified_url(base: str, bouncer: PgBouncer, host: str, rootcert: Path, mode: str) -> str:

@@ -1,19 +1,34 @@
 """Schemathesis against the served /openapi.json: no 5xx, no response that breaks the schema.
 
 It generates requests from the OpenAPI document (examples, fuzzing, and stateful sequences that
-feed one response into the next request) against a real `todo-api serve` process.
+feed one response into the next request through the links it infers) against a real
+`todo-api serve` process, once with AUTH_MODE=none and once with AUTH_MODE=jwt as alice. Every
+exchange is read back from schemathesis' NDJSON event report: with alice's token, no response may
+show a task of another user, even when the request names that user's task id.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
+import re
 import shutil
 import subprocess
 import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
+import jwt
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from support import served
+from support import served, stored_task
 
 CHECKS = ",".join(
     [
@@ -24,23 +39,178 @@ CHECKS = ",".join(
         "response_headers_conformance",
     ]
 )
+PHASES = ("examples", "fuzzing", "stateful")
+SECRET = "schemathesis-shared-secret-" + "0123456789abcdef" * 2
+ALICE, BOB = "alice", "bob"
+API_USER = re.compile(r"/api/([^/?]+)/")
+TASK_URL = re.compile(r"/tasks/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@dataclass(frozen=True)
+class Exchange:
+    phase: str
+    linked: bool  # the stateful phase filled this request from an earlier response (a link)
+    method: str
+    url: str
+    authorization: str | None
+    status: int
+    body: bytes
+
+
+@dataclass
+class Run:
+    stdout: str
+    cases: Counter[str] = field(default_factory=Counter)  # test cases per phase
+    exchanges: list[Exchange] = field(default_factory=list)
+
+    def summary(self) -> str:
+        scenarios = re.search(r"Scenarios:\s+(\d+)", self.stdout)
+        links = re.search(r"API Links:\s+(\d+) covered / (\d+) selected", self.stdout)
+        linked = sum(exchange.linked for exchange in self.exchanges)
+        return (
+            f"cases per phase {dict(self.cases)}, stateful scenarios "
+            f"{scenarios[1] if scenarios else '?'}, links covered "
+            f"{f'{links[1]}/{links[2]}' if links else '?'}, requests filled from a link {linked}"
+        )
+
+
+def schemathesis(
+    base_url: str, cwd: Path, *, config: Path | None = None, authorization: str | None = None
+) -> Run:
+    """`st run` with our checks and phases; fails the test on any failure it reports."""
+    executable = shutil.which("st") or f"{Path(sys.executable).parent}/st"
+    events = cwd / "events.ndjson"
+    config_options = ["--config-file", str(config)] if config else []
+    header_options = ["--header", f"Authorization: {authorization}"] if authorization else []
+    result = subprocess.run(
+        [executable, *config_options, "run", f"{base_url}/openapi.json", *header_options,
+         "--checks", CHECKS, "--phases", ",".join(PHASES), "--max-examples", "30",
+         "--workers", "2", "--no-color", "--output-sanitize", "false",
+         "--report", "ndjson", "--report-ndjson-path", str(events)],
+        capture_output=True, text=True, timeout=300, check=False, cwd=cwd,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    run = Run(result.stdout)
+    for line in events.read_text(encoding="utf-8").splitlines():
+        event = json.loads(line)
+        if "ScenarioFinished" in event:
+            _record(run, event["ScenarioFinished"])
+    return run
+
+
+def _record(run: Run, scenario: dict[str, Any]) -> None:
+    phase: str = scenario["phase"]
+    cases: dict[str, Any] = scenario["recorder"].get("cases", {})
+    run.cases[phase] += len(cases)
+    for case_id, interaction in scenario["recorder"].get("interactions", {}).items():
+        request, response = interaction["request"], interaction["response"]
+        authorization = request.get("headers", {}).get("Authorization")
+        run.exchanges.append(
+            Exchange(
+                phase=phase,
+                linked=bool(cases.get(case_id, {}).get("is_transition_applied")),
+                method=request["method"],
+                url=request["uri"],
+                authorization=authorization[0] if authorization else None,
+                status=response["status_code"],
+                body=base64.b64decode(response["content"]["$base64"]),
+            )
+        )
+
+
+def assert_every_phase_ran(run: Run) -> None:
+    assert all(run.cases[phase] > 0 for phase in PHASES), run.summary()
+    # Only a link (an id taken from an earlier response) can name a task that exists: generated
+    # UUIDs never do. So a 2xx on a task URL proves the stateful phase followed links.
+    assert any(
+        exchange.linked and TASK_URL.search(exchange.url) and 200 <= exchange.status < 300
+        for exchange in run.exchanges
+    ), run.summary()
+    print(run.summary())
+
+
+def tasks_in(value: Any) -> list[dict[str, Any]]:
+    """Every task-shaped object anywhere in a JSON document (a task, a page's items, …)."""
+    if isinstance(value, list):
+        return [task for item in value for task in tasks_in(item)]
+    if not isinstance(value, dict):
+        return []
+    found = [value] if {"id", "user_id", "title"} <= value.keys() else []
+    return found + [task for item in value.values() for task in tasks_in(item)]
+
+
+def token(user: str) -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": user, "iat": now, "exp": now + 3600}, SECRET, algorithm="HS256")
+
+
+def jwt_config(foreign_task_id: str) -> str:
+    """Alice's tasks are the target: her user id in every path, and one task id in five is
+    bob's (the rest generated, or taken from earlier responses in the stateful phase)."""
+    return f"""
+[dictionaries.foreign]
+values = ["{foreign_task_id}"]
+
+[parameters]
+"path.user_id" = "{ALICE}"
+"path.task_id" = {{ dictionary = "foreign", probability = 0.2 }}
+"""
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+    database_url: str, tmp_path: Path
 ) -> None:
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'fuzz.db'}"
-    else:
-        url = str(request.getfixturevalue("postgresql_server_url"))
-    executable = shutil.which("st") or f"{Path(sys.executable).parent}/st"
-    with served(tmp_path, DATABASE_URL=url) as (server,):
-        result = subprocess.run(
-            [executable, "run", f"{server.base_url}/openapi.json", "--checks", CHECKS,
-             "--phases", "examples,fuzzing,stateful", "--max-examples", "30",
-             "--workers", "2", "--no-color"],
-            capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
-        )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    assert "generated" in result.stdout or "passed" in result.stdout
+    with served(tmp_path, DATABASE_URL=database_url, AUTH_MODE="none") as (server,):
+        run = schemathesis(server.base_url, tmp_path)
+    assert_every_phase_ran(run)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_schemathesis_as_alice_never_sees_another_users_task(
+    database_url: str, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    secret_title = f"bob's secret {uuid.uuid4()}"
+    alice = f"Bearer {token(ALICE)}"
+    config = tmp_path / "schemathesis.toml"
+    with served(tmp_path, DATABASE_URL=database_url, AUTH_MODE="jwt", AUTH_JWT_SECRET=SECRET) as (
+        server,
+    ):
+        async with httpx.AsyncClient(base_url=server.base_url) as http:
+            created = await http.post(
+                f"/api/{BOB}/tasks",
+                json={"title": secret_title},
+                headers={"Authorization": f"Bearer {token(BOB)}"},
+            )
+        assert created.status_code == 201, created.text
+        bob_task: dict[str, Any] = created.json()
+        before = await stored_task(engine, bob_task["id"])
+        config.write_text(jwt_config(bob_task["id"]), encoding="utf-8")
+
+        run = await asyncio.to_thread(
+            schemathesis, server.base_url, tmp_path, config=config, authorization=alice
+        )
+
+        assert await stored_task(engine, bob_task["id"]) == before
+    assert_every_phase_ran(run)
+    assert {exchange.authorization for exchange in run.exchanges} == {alice}
+    users = {match[1] for exchange in run.exchanges if (match := API_USER.search(exchange.url))}
+    assert users == {ALICE}
+    # Alice's own tasks were really listed and fetched, so a leak had every chance to show.
+    alices = [task for exchange in run.exchanges for task in _tasks_of(exchange)]
+    assert any(task["user_id"] == ALICE for task in alices), run.summary()
+    probes = [exchange for exchange in run.exchanges if bob_task["id"] in exchange.url]
+    assert probes, "no request named bob's task id"
+    for exchange in probes:
+        assert 400 <= exchange.status < 500, (exchange.method, exchange.url, exchange.status)
+    for exchange in run.exchanges:
+        assert secret_title.encode() not in exchange.body, (exchange.method, exchange.url)
+        for task in _tasks_of(exchange):
+            assert task["user_id"] == ALICE and task["id"] != bob_task["id"], exchange.url
+
+
+def _tasks_of(exchange: Exchange) -> list[dict[str, Any]]:
+    try:
+        return tasks_in(json.loads(exchange.body))
+    except ValueError:  # an empty 204/304 body, or not JSON at all
+        return []

@@ -15,11 +15,11 @@ from todo_api import __version__, migrate
 from todo_api.api import health, tasks
 from todo_api.api.docs import install_docs
 from todo_api.auth import TokenVerifier
-from todo_api.body_guard import RequestBodyGuard
-from todo_api.database import create_engine, session_factory
+from todo_api.database import create_engine
 from todo_api.metrics import Metrics, install_metrics
 from todo_api.observability import Observability
 from todo_api.problems import Problem, install_problem_handlers
+from todo_api.request_guard import RequestGuard
 from todo_api.settings import Settings, load_settings
 
 log = logging.getLogger("todo_api")
@@ -57,7 +57,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await engine.dispose()
             raise
         app.state.engine = engine
-        app.state.sessions = session_factory(engine)
         if verifier is not None:
             await verifier.start()  # warms the JWKS cache; a failure is logged, not fatal
         if metrics is not None:
@@ -95,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(tasks.router)
-    app.add_middleware(RequestBodyGuard, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestGuard, max_bytes=settings.max_body_bytes)
     if metrics is not None:
         install_metrics(app, metrics)
     # Added last, so outermost: it sees every response, the body guard's included.
@@ -106,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         access_log=settings.access_log,
         access_log_probes=settings.access_log_health,
     )
-    _publish_problem_schema(app)
+    _complete_openapi(app, auth_enabled=settings.auth_enabled)
     return app
 
 
@@ -127,17 +126,36 @@ def _log_auth_mode(settings: Settings, verifier: TokenVerifier | None) -> None:
         )
 
 
-def _publish_problem_schema(app: FastAPI) -> None:
-    """Add `Problem` (referenced by every error response) to the OpenAPI components."""
+# Declared here rather than through a `Security(HTTPBearer())` dependency: that would run on
+# every request only to read a header that `authenticate` reads anyway.
+BEARER_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "bearerFormat": "JWT",
+    "description": "A JWT from the identity provider (Better Auth: `authClient.token()`); its "
+    "user claim (AUTH_USER_CLAIM, default `sub`) must equal the path's `user_id`.",
+}
+
+
+def _complete_openapi(app: FastAPI, *, auth_enabled: bool) -> None:
+    """Add `Problem` (referenced by every error response) to the OpenAPI components, and the
+    bearer scheme to every /api operation when the server requires tokens."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = original()
             problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(problem.pop("$defs", {}))
-            components["Problem"] = problem
+            components = schema.setdefault("components", {})
+            schemas = components.setdefault("schemas", {})
+            schemas.update(problem.pop("$defs", {}))
+            schemas["Problem"] = problem
+            if auth_enabled:
+                components["securitySchemes"] = {"HTTPBearer": BEARER_SCHEME}
+                for path, item in schema["paths"].items():
+                    if path.startswith("/api/"):
+                        for operation in item.values():
+                            operation["security"] = [{"HTTPBearer": []}]
             app.openapi_schema = schema
         return app.openapi_schema
 

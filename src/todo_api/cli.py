@@ -7,10 +7,12 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -85,6 +87,7 @@ def _serve(settings: Settings, *, host: str, port: int, workers: int) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="todo-api-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir
         log.info("metrics of the %d workers are gathered in %s", workers, metrics_dir)
+    previous_sigterm = signal.signal(signal.SIGTERM, _exit_after_sigterm)
     try:
         # The factory re-reads settings in each worker process, from the same environment.
         # log_config=None keeps our logging setup instead of uvicorn's; access_log=False
@@ -99,12 +102,25 @@ def _serve(settings: Settings, *, host: str, port: int, workers: int) -> int:
             access_log=False,
             proxy_headers=True,
             server_header=False,
+            # On SIGTERM uvicorn stops listening, closes idle connections, lets in-flight
+            # requests finish for up to this long (then cancels them), and runs the lifespan
+            # shutdown, which closes the pool.
+            timeout_graceful_shutdown=settings.shutdown_timeout,
         )
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         if metrics_dir is not None:
             del os.environ[MULTIPROC_ENV]
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _exit_after_sigterm(signum: int, frame: FrameType | None) -> None:
+    # uvicorn handles SIGTERM itself while serving, then restores this handler and raises the
+    # signal again once shut down. The default handler would then kill the process, and an
+    # orderly stop would look like a crash (exit status 143). A SIGTERM that arrives before
+    # uvicorn took over (while the app loads) stops the process here as well.
+    raise SystemExit(0)
 
 
 def serve_app() -> FastAPI:

@@ -1,4 +1,4 @@
-"""Engine, sessions and the start-up round trip.
+"""Engine, connection checks and the start-up round trip.
 
 Nothing here connects at import time: `create_engine` only builds a pool, and the first
 connection is made by `verify_database` (start-up) or a request.
@@ -11,18 +11,12 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from todo_api.database_url import DatabaseTarget
@@ -82,6 +76,11 @@ def _ping_when_idle(engine: AsyncEngine, idle_seconds: float) -> None:
 
     @event.listens_for(engine.sync_engine, "checkout")
     def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        # Free check first: asyncpg already knows when the server closed the socket (a
+        # terminated backend says so before it goes). Catching that here, before a statement is
+        # sent, keeps writes out of the "did it commit?" uncertainty of a connection lost mid-way.
+        if dbapi_connection.driver_connection.is_closed():
+            raise exc.DisconnectionError("the server closed this connection while it was idle")
         idle_since = record.info.get("idle_since")
         if idle_since is None or time.monotonic() - idle_since < idle_seconds:
             return
@@ -109,16 +108,6 @@ def _sqlite_engine(target: DatabaseTarget, settings: Settings) -> AsyncEngine:
         cursor.close()
 
     return engine
-
-
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    # expire_on_commit=False: touching an expired attribute in async code raises MissingGreenlet.
-    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
-
-
-async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    async with factory() as session:
-        yield session
 
 
 @dataclass(frozen=True)
@@ -190,10 +179,21 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {reason}"
 
 
+# admin_shutdown, crash_shutdown, cannot_connect_now
+UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
 def is_unavailable(error: BaseException) -> bool:
     """True for errors that mean "the database is not reachable right now" (answer 503)."""
-    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
-        return True
+    if isinstance(error, exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        # asyncpg raises the server's refusals during a restart (57P03 "the database system is
+        # starting up", 57P01 terminated) and a handshake cut short (class 08) as plain
+        # PostgresErrors, which SQLAlchemy wraps as a bare DBAPIError.
+        sqlstate = getattr(error.orig, "sqlstate", None) or ""
+        if sqlstate.startswith("08") or sqlstate in UNAVAILABLE_SQLSTATES:
+            return True
     return isinstance(
         error,
         exc.OperationalError

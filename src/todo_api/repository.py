@@ -1,18 +1,22 @@
-"""Every query on tasks and users: plain async functions over a session.
+"""Every query on tasks and users: plain async functions over the engine.
 
 Rules each function keeps:
 - it takes the owner's `user_id` and filters by it in SQL, so a task of another user behaves
   exactly like a task that does not exist;
-- a write is one transaction, committed here before the route answers (a commit in a dependency
-  teardown would run after the response was sent);
+- it is one unit of work on one pooled connection, held only while it runs, and a write is
+  durable before the function returns (so before the route answers);
 - changes are single statements with RETURNING: no read-then-write in Python, so concurrent
   requests cannot lose each other's updates, and each write costs one round trip. An If-Match
   version check is part of the same UPDATE/DELETE, so it cannot race either.
+
+Statements are SQLAlchemy Core on the SQLModel tables, built once (module level or cached per
+shape) with bound parameters: building and hashing a statement costs more CPU than running it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import random
@@ -25,7 +29,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from todo_api.models import IdempotencyKey, Task, TaskCreate, TaskRead, User, utcnow
 from todo_api.pagination import Cursor, Sort, TaskFilter
@@ -68,76 +72,100 @@ class Stats:
         return self.total - self.completed
 
 
-# --- execution: retry lost connections and lock conflicts, commit writes before answering ------
+# --- execution: one connection per unit of work, retried only when that is safe ---------------
 
-# SQLSTATEs that mean "this transaction lost a race, nothing of it was kept, run it again":
-# serialization_failure and deadlock_detected. Neither may reach a client as a 5xx.
+# The server aborted the transaction and kept nothing of it: serialization_failure,
+# deadlock_detected. Run it again: neither may reach a client as an error.
 _CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
 CONFLICT_ATTEMPTS = 5
+_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 
 
 def _sqlstate(error: exc.DBAPIError) -> str | None:
     return getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
 
 
-async def _run(session: AsyncSession, work: Callable[[], Awaitable[T]]) -> T:
-    """Run `work` in the session's transaction, again if that is safe and may succeed.
+def _server_refused(error: exc.DBAPIError) -> bool:
+    """True when PostgreSQL itself answered with an error (so nothing was committed), rather
+    than the connection vanishing without a word (when a COMMIT may have happened).
 
-    - The connection died under it (a Neon compute suspending, a pooler restarting): nothing
-      was committed, so it runs once more on a fresh connection instead of failing the request.
-    - PostgreSQL aborted it as a deadlock victim or a serialization failure: the transaction
-      was rolled back whole, so it runs again (up to CONFLICT_ATTEMPTS in all, after a short,
-      growing, jittered pause that lets the winner finish).
+    asyncpg reports a connection the server closed with a FATAL error (57P01 "terminating
+    connection due to administrator command") as a client-side 08003 whose cause is the
+    server's error; class 08 alone is asyncpg's own verdict on a silent socket.
+    """
+    cause: BaseException | None = error.orig
+    while cause is not None:
+        sqlstate = getattr(cause, "sqlstate", None)
+        if sqlstate and not sqlstate.startswith("08"):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+async def _run(
+    engine: AsyncEngine,
+    work: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    transaction: bool = False,
+    idempotent: bool,
+) -> T:
+    """Run `work` on a pooled connection: in autocommit mode (each statement is atomic by itself:
+    no BEGIN and COMMIT round trips), or in one transaction committed here.
+
+    Runs it again when that cannot apply a change twice:
+    - PostgreSQL aborted it as a deadlock victim or a serialization failure (nothing was kept):
+      up to CONFLICT_ATTEMPTS in all, after a short, growing, jittered pause;
+    - the connection died (a Neon compute suspending, a pooler restarting), once, on a fresh
+      connection, if the server reported the failure (so the statement did not commit) or
+      the work is `idempotent` (a read, an insert of a known id). A write whose connection
+      vanished without an answer may have committed: running it again could toggle a task
+      twice, so the error (a 503) goes to the client, which knows what it asked for.
     """
     lost_connection_retried = False
     attempt = 1
     while True:
         try:
-            return await work()
+            async with engine.connect() as connection:
+                if not transaction:
+                    await connection.execution_options(**_AUTOCOMMIT)
+                    return await work(connection)
+                result = await work(connection)
+                await connection.commit()
+                return result
         except exc.DBAPIError as error:
-            if error.connection_invalidated and not lost_connection_retried:
-                lost_connection_retried = True
-                log.warning("database connection lost before commit; retrying: %s", error.orig)
-            elif _sqlstate(error) in _CONFLICT_SQLSTATES and attempt < CONFLICT_ATTEMPTS:
+            sqlstate = _sqlstate(error)
+            if sqlstate in _CONFLICT_SQLSTATES and attempt < CONFLICT_ATTEMPTS:
                 log.warning(
                     "transaction aborted by a concurrent one (SQLSTATE %s); retry %d of %d",
-                    _sqlstate(error), attempt, CONFLICT_ATTEMPTS - 1,
+                    sqlstate, attempt, CONFLICT_ATTEMPTS - 1,
                 )  # fmt: skip
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
                 attempt += 1
+            elif (
+                error.connection_invalidated
+                and not lost_connection_retried
+                and (idempotent or _server_refused(error))
+            ):
+                lost_connection_retried = True
+                log.warning("database connection lost (SQLSTATE %s); retrying: %s",
+                            sqlstate, error.orig)  # fmt: skip
             else:
                 raise
-            await session.rollback()
 
 
-_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+async def _rows(
+    engine: AsyncEngine,
+    statement: sa.Executable,
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    idempotent: bool,
+) -> Sequence[sa.Row[Any]]:
+    """One statement (a SELECT, or a change with RETURNING) in autocommit mode; its rows."""
 
+    async def work(connection: AsyncConnection) -> Sequence[sa.Row[Any]]:
+        return (await connection.execute(statement, parameters)).all()
 
-async def _execute(session: AsyncSession, *statements: sa.Executable) -> Sequence[sa.Row[Any]]:
-    """The statements in one transaction; the rows of the last one.
-
-    A single statement is atomic by itself, so it runs in autocommit mode: no BEGIN before it
-    and no COMMIT or ROLLBACK after it, one round trip instead of three.
-    """
-
-    async def work() -> Sequence[sa.Row[Any]]:
-        if not session.in_transaction():
-            await session.connection(execution_options=_AUTOCOMMIT if len(statements) == 1 else {})
-        result = None
-        for statement in statements:
-            result = await session.execute(statement)
-        assert result is not None
-        return result.all()  # every last statement here is a SELECT or has RETURNING
-
-    return await _run(session, work)
-
-
-async def _write(session: AsyncSession, *statements: sa.Executable) -> Sequence[sa.Row[Any]]:
-    # A failure during COMMIT itself is not retried: the write may have landed, and only the
-    # client can decide (it gets a 503).
-    rows = await _execute(session, *statements)
-    await session.commit()
-    return rows
+    return await _run(engine, work, idempotent=idempotent)
 
 
 def _to_task(row: sa.Row[Any]) -> TaskRead:
@@ -149,32 +177,48 @@ def _one_task(rows: Sequence[sa.Row[Any]]) -> TaskRead | None:
     return _to_task(rows[0]) if rows else None
 
 
-def _owned(user_id: str, task_id: uuid.UUID) -> sa.ColumnElement[bool]:
-    return sa.and_(tasks.c.id == task_id, tasks.c.user_id == user_id)
+# --- statements --------------------------------------------------------------------------------
+
+_OWNED = (tasks.c.id == sa.bindparam("task_id"), tasks.c.user_id == sa.bindparam("owner_id"))
+_VERSION_MATCHES = tasks.c.version.in_(sa.bindparam("versions", expanding=True))
+_GET = sa.select(*_TASK_COLUMNS).where(*_OWNED)
+_STATS = sa.select(sa.func.count(), sa.func.count().filter(tasks.c.completed.is_(True))).where(
+    tasks.c.user_id == sa.bindparam("owner_id")
+)
+_DELETE = sa.delete(tasks).where(*_OWNED).returning(tasks.c.id)
+_DELETE_IF_MATCH = _DELETE.where(_VERSION_MATCHES)
+_DELETE_ALL = (
+    sa.delete(tasks)
+    .where(tasks.c.user_id == sa.bindparam("owner_id"), tasks.c.completed == sa.bindparam("done"))
+    .returning(tasks.c.id)
+)
+_NEW_TASK: dict[str, sa.BindParameter[Any]] = {
+    column.name: sa.bindparam(f"new_{column.name}") for column in _TASK_COLUMNS
+}
+_NEW_USER = {
+    "id": sa.bindparam("owner_id", type_=users.c.id.type),
+    "created_at": sa.bindparam("now", type_=users.c.created_at.type),
+}
 
 
-def _dialect(session: AsyncSession) -> str:
-    return session.bind.dialect.name if session.bind else "postgresql"
-
-
-def _insert(session: AsyncSession) -> Any:
+def _insert(dialect: str) -> Any:
     """The dialect's INSERT, which has ON CONFLICT DO NOTHING."""
-    return postgresql.insert if _dialect(session) == "postgresql" else sqlite.insert
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
-def _ensure_user(session: AsyncSession, user_id: str, email: str | None) -> sa.Executable:
+@functools.cache
+def _ensure_user(dialect: str, *, with_email: bool) -> sa.Insert:
     """Insert the user if absent (users are provisioned on their first write).
 
-    `email` (from the token) is recorded on that first write only: the identity provider owns
+    The email (from the token) is recorded on that first write only: the identity provider owns
     the address, and a later token never overwrites or fills it in (that would cost every
     write an UPDATE, racing with the UNIQUE constraint). An address already held by another
     user is not recorded: the user is created with a NULL email instead of failing the write.
     """
-    now = utcnow()
-    if email is None:
-        statement: sa.Executable = (
-            _insert(session)(users)
-            .values(id=user_id, email=None, created_at=now)
+    if not with_email:
+        statement: sa.Insert = (
+            _insert(dialect)(users)
+            .values(**_NEW_USER, email=None)
             .on_conflict_do_nothing(index_elements=[users.c.id])
         )
         return statement
@@ -182,17 +226,81 @@ def _ensure_user(session: AsyncSession, user_id: str, email: str | None) -> sa.E
     # with the email when both id and email are free, else the one without it when the email
     # is taken, else nothing (the user exists). ON CONFLICT makes this race-free where a
     # "does another user have this email?" SELECT first would not be.
-    statement = (
-        _insert(session)(users)
-        .values(
-            [
-                {"id": user_id, "email": email, "created_at": now},
-                {"id": user_id, "email": None, "created_at": now},
-            ]
-        )
-        .on_conflict_do_nothing()
+    email: sa.BindParameter[Any] = sa.bindparam("owner_email")
+    rows = [{**_NEW_USER, "email": email}, {**_NEW_USER, "email": sa.null()}]
+    statement = _insert(dialect)(users).values(rows).on_conflict_do_nothing()
+    return statement
+
+
+@functools.cache
+def _insert_task(dialect: str) -> sa.Insert:
+    # ON CONFLICT (id) DO NOTHING: the id is chosen here, so a retry after a lost connection
+    # finds the row it already wrote and leaves it alone instead of failing or doubling it.
+    statement: sa.Insert = (
+        _insert(dialect)(tasks).values(_NEW_TASK).on_conflict_do_nothing(index_elements=["id"])
     )
     return statement
+
+
+@functools.cache
+def _create_in_one_statement(*, with_email: bool) -> sa.Insert:
+    # PostgreSQL: the user upsert as a CTE of the task INSERT, atomic on its own, one round trip.
+    provisioned = _ensure_user("postgresql", with_email=with_email).cte("provisioned")
+    return _insert_task("postgresql").add_cte(provisioned).returning(tasks.c.id)
+
+
+@functools.cache
+def _update(fields: tuple[str, ...], *, toggle: bool, guarded: bool) -> sa.Update:
+    """UPDATE of the given columns (plus updated_at, version) of one owned task, RETURNING it."""
+    values: dict[str, Any] = {name: sa.bindparam(f"set_{name}") for name in fields}
+    if toggle:
+        # In the UPDATE itself, so fifty concurrent toggles flip fifty times instead of racing
+        # on a value read earlier.
+        values["completed"] = sa.not_(tasks.c.completed)
+    values |= {"updated_at": sa.bindparam("now"), "version": tasks.c.version + 1}
+    statement = sa.update(tasks).values(values).where(*_OWNED)
+    if guarded:
+        statement = statement.where(_VERSION_MATCHES)
+    return statement.returning(*_TASK_COLUMNS)
+
+
+@functools.cache
+def _page(
+    sort: Sort, *, completed: bool, q: bool, updated_since: bool, after: bool, count: bool
+) -> sa.Select[Any]:
+    """The listing query for one shape of request (which filters, whether after a cursor)."""
+    column = tasks.c[sort.field]
+    conditions: list[sa.ColumnElement[bool]] = [tasks.c.user_id == sa.bindparam("owner_id")]
+    if completed:
+        conditions.append(tasks.c.completed == sa.bindparam("completed"))
+    if q:
+        # ILIKE on PostgreSQL (served by the trigram indexes), lower() LIKE lower() on SQLite.
+        pattern: sa.BindParameter[str] = sa.bindparam("pattern")
+        conditions.append(
+            sa.or_(
+                tasks.c.title.ilike(pattern, escape="\\"),
+                tasks.c.description.ilike(pattern, escape="\\"),
+            )
+        )
+    if updated_since:
+        conditions.append(tasks.c.updated_at >= sa.bindparam("updated_since"))
+    if count:
+        return sa.select(sa.func.count()).select_from(tasks).where(*conditions)
+    if after:
+        position = sa.tuple_(column, tasks.c.id)
+        boundary = sa.tuple_(
+            sa.bindparam("after_key", type_=column.type),
+            sa.bindparam("after_id", type_=tasks.c.id.type),
+        )
+        conditions.append(position < boundary if sort.descending else position > boundary)
+    order = (column.desc(), tasks.c.id.desc()) if sort.descending else (column, tasks.c.id)
+    return sa.select(*_TASK_COLUMNS).where(*conditions).order_by(*order).limit(sa.bindparam("n"))
+
+
+def _contains_pattern(text: str) -> str:
+    # LIKE's wildcards in the search text are literal characters.
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 # --- create ------------------------------------------------------------------------------------
@@ -202,21 +310,34 @@ def _new_task(user_id: str, data: TaskCreate) -> TaskRead:
     # Everything about a new task is decided here, so its representation is known before the
     # INSERT (the idempotency record stores it in the same transaction).
     now = utcnow()
-    return TaskRead(id=uuid.uuid4(), user_id=user_id, created_at=now, updated_at=now, version=1,
-                    **data.model_dump())  # fmt: skip
+    return TaskRead.model_construct(
+        id=uuid.uuid4(), user_id=user_id, created_at=now, updated_at=now, version=1,
+        title=data.title, description=data.description, completed=data.completed,
+    )  # fmt: skip
+
+
+def _task_parameters(task: TaskRead, email: str | None) -> dict[str, Any]:
+    parameters = {f"new_{name}": getattr(task, name) for name in _NEW_TASK}
+    return parameters | {"owner_id": task.user_id, "now": task.created_at, "owner_email": email}
 
 
 async def create_task(
-    session: AsyncSession, *, user_id: str, data: TaskCreate, email: str | None = None
+    engine: AsyncEngine, *, user_id: str, data: TaskCreate, email: str | None = None
 ) -> TaskRead:
     task = _new_task(user_id, data)
-    insert = sa.insert(tasks).values(task.model_dump()).returning(tasks.c.id)
-    ensure_user = _ensure_user(session, user_id, email)
-    if _dialect(session) == "postgresql":
-        # One statement (the user upsert as a CTE): atomic on its own, one round trip.
-        await _write(session, insert.add_cte(ensure_user.cte("provisioned")))  # type: ignore[attr-defined]
-    else:
-        await _write(session, ensure_user, insert)  # SQLite has no INSERT inside WITH
+    parameters = _task_parameters(task, email)
+    with_email = email is not None
+    dialect = engine.dialect.name
+    if dialect == "postgresql":
+        await _rows(engine, _create_in_one_statement(with_email=with_email), parameters,
+                    idempotent=True)  # fmt: skip
+        return task
+
+    async def work(connection: AsyncConnection) -> None:  # SQLite has no INSERT inside WITH
+        await connection.execute(_ensure_user(dialect, with_email=with_email), parameters)
+        await connection.execute(_insert_task(dialect), parameters)
+
+    await _run(engine, work, transaction=True, idempotent=True)
     return task
 
 
@@ -225,7 +346,7 @@ def request_fingerprint(data: TaskCreate) -> str:
 
 
 async def create_task_once(
-    session: AsyncSession,
+    engine: AsyncEngine,
     *,
     user_id: str,
     data: TaskCreate,
@@ -242,8 +363,9 @@ async def create_task_once(
     fingerprint = request_fingerprint(data)
     task = _new_task(user_id, data)
     now = task.created_at
+    dialect = engine.dialect.name
     claim = (
-        _insert(session)(idempotency_keys)
+        _insert(dialect)(idempotency_keys)
         .values(
             user_id=user_id,
             key=key,
@@ -261,20 +383,21 @@ async def create_task_once(
     previous = sa.select(idempotency_keys.c.request_hash, idempotency_keys.c.response_body).where(
         idempotency_keys.c.user_id == user_id, idempotency_keys.c.key == key
     )
+    parameters = _task_parameters(task, email)
 
-    async def work() -> sa.Row[Any] | None:
-        await session.execute(_ensure_user(session, user_id, email))
-        await session.execute(expired)
-        if (await session.execute(claim)).first() is None:
-            return (await session.execute(previous)).one()
-        await session.execute(sa.insert(tasks).values(task.model_dump()))
+    async def work(connection: AsyncConnection) -> sa.Row[Any] | None:
+        await connection.execute(_ensure_user(dialect, with_email=email is not None), parameters)
+        await connection.execute(expired)
+        if (await connection.execute(claim)).first() is None:
+            return (await connection.execute(previous)).one()
+        await connection.execute(_insert_task(dialect), parameters)
         return None
 
-    stored = await _run(session, work)
+    # Idempotent by construction: run again after a commit whose answer was lost, it finds
+    # its own claim and replays it.
+    stored = await _run(engine, work, transaction=True, idempotent=True)
     if stored is None:
-        await session.commit()
         return task, False
-    await session.rollback()  # nothing of ours to keep (the user row exists already)
     if stored.request_hash != fingerprint:
         raise IdempotencyKeyReused(key)
     return TaskRead.model_validate_json(stored.response_body), True
@@ -283,31 +406,13 @@ async def create_task_once(
 # --- read ----------------------------------------------------------------------------------------
 
 
-async def get_task(session: AsyncSession, *, user_id: str, task_id: uuid.UUID) -> TaskRead | None:
-    query = sa.select(*_TASK_COLUMNS).where(_owned(user_id, task_id))
-    return _one_task(await _execute(session, query))
-
-
-def _filtered(user_id: str, filters: TaskFilter) -> list[sa.ColumnElement[bool]]:
-    conditions = [tasks.c.user_id == user_id]
-    if filters.completed is not None:
-        conditions.append(tasks.c.completed.is_(filters.completed))
-    if filters.q:
-        # ILIKE on PostgreSQL (served by the trigram indexes), lower() LIKE lower() on SQLite;
-        # autoescape makes % and _ in the search text literal.
-        conditions.append(
-            sa.or_(
-                tasks.c.title.icontains(filters.q, autoescape=True),
-                tasks.c.description.icontains(filters.q, autoescape=True),
-            )
-        )
-    if filters.updated_since is not None:
-        conditions.append(tasks.c.updated_at >= filters.updated_since)
-    return conditions
+async def get_task(engine: AsyncEngine, *, user_id: str, task_id: uuid.UUID) -> TaskRead | None:
+    rows = await _rows(engine, _GET, {"task_id": task_id, "owner_id": user_id}, idempotent=True)
+    return _one_task(rows)
 
 
 async def list_tasks(
-    session: AsyncSession,
+    engine: AsyncEngine,
     *,
     user_id: str,
     limit: int,
@@ -323,18 +428,22 @@ async def list_tasks(
     """
     sort = sort or Sort.parse("-created_at")
     filters = filters or TaskFilter()
-    column = tasks.c[sort.field]
-    conditions = _filtered(user_id, filters)
-    page = sa.select(*_TASK_COLUMNS).where(*conditions)
+    shape = {
+        "completed": filters.completed is not None,
+        "q": bool(filters.q),
+        "updated_since": filters.updated_since is not None,
+    }
+    parameters: dict[str, Any] = {
+        "owner_id": user_id,
+        "completed": filters.completed,
+        "pattern": _contains_pattern(filters.q) if filters.q else None,
+        "updated_since": filters.updated_since,
+        "n": limit + 1,  # one extra row tells whether another page exists, without a COUNT
+    }
     if after is not None:
-        position = sa.tuple_(column, tasks.c.id)
-        boundary = sa.tuple_(
-            sa.literal(after.key, column.type), sa.literal(after.id, tasks.c.id.type)
-        )
-        page = page.where(position < boundary if sort.descending else position > boundary)
-    order = (column.desc(), tasks.c.id.desc()) if sort.descending else (column, tasks.c.id)
-    # One extra row tells whether another page exists without a COUNT.
-    rows = await _execute(session, page.order_by(*order).limit(limit + 1))
+        parameters |= {"after_key": after.key, "after_id": after.id}
+    query = _page(sort, **shape, after=after is not None, count=False)
+    rows = await _rows(engine, query, parameters, idempotent=True)
     items = [_to_task(row) for row in rows[:limit]]
     cursor = None
     if len(rows) > limit:
@@ -344,17 +453,14 @@ async def list_tasks(
         )
     total = None
     if include_total:
-        count = sa.select(sa.func.count()).select_from(tasks).where(*conditions)
-        total = int((await _execute(session, count))[0][0])
+        count = _page(sort, **shape, after=False, count=True)
+        total = int((await _rows(engine, count, parameters, idempotent=True))[0][0])
     return Page(items=items, next_cursor=cursor, total=total)
 
 
-async def task_stats(session: AsyncSession, *, user_id: str) -> Stats:
+async def task_stats(engine: AsyncEngine, *, user_id: str) -> Stats:
     """Counts in one query (one index range scan of the user's tasks)."""
-    query = sa.select(sa.func.count(), sa.func.count().filter(tasks.c.completed.is_(True))).where(
-        tasks.c.user_id == user_id
-    )
-    counts: Sequence[Any] = (await _execute(session, query))[0]
+    counts: Sequence[Any] = (await _rows(engine, _STATS, {"owner_id": user_id}, idempotent=True))[0]
     return Stats(total=int(counts[0]), completed=int(counts[1]))
 
 
@@ -362,61 +468,60 @@ async def task_stats(session: AsyncSession, *, user_id: str) -> Stats:
 
 
 async def _changed(
-    session: AsyncSession,
+    engine: AsyncEngine,
     statement: sa.Update | sa.Delete,
+    parameters: dict[str, Any],
     *,
-    user_id: str,
-    task_id: uuid.UUID,
     if_match: Sequence[int] | None,
 ) -> Sequence[sa.Row[Any]]:
-    """Run an UPDATE/DELETE of one owned task, with the If-Match versions in its WHERE clause.
+    """Run an UPDATE/DELETE of one owned task, guarded by If-Match versions when given.
 
     No row back means the task is missing or its version differs; only then is it read, to
     tell the two apart (404 or 412).
     """
-    statement = statement.where(_owned(user_id, task_id))
     if if_match is not None:
-        statement = statement.where(tasks.c.version.in_(if_match))
-    rows = await _write(session, statement)
+        parameters["versions"] = list(if_match)
+    rows = await _rows(engine, statement, parameters, idempotent=False)
     if not rows and if_match is not None:
-        current = await get_task(session, user_id=user_id, task_id=task_id)
+        current = await get_task(
+            engine, user_id=parameters["owner_id"], task_id=parameters["task_id"]
+        )
         if current is not None:
             raise StaleVersion(current)
     return rows
 
 
-async def _update(
-    session: AsyncSession,
+async def _update_one(
+    engine: AsyncEngine,
     *,
     user_id: str,
     task_id: uuid.UUID,
     values: Mapping[str, Any],
+    toggle: bool = False,
     if_match: Sequence[int] | None,
 ) -> TaskRead | None:
-    statement = (
-        sa.update(tasks)
-        .values({**values, "updated_at": utcnow(), "version": tasks.c.version + 1})
-        .returning(*_TASK_COLUMNS)
-    )
-    rows = await _changed(session, statement, user_id=user_id, task_id=task_id, if_match=if_match)
-    return _one_task(rows)
+    fields = tuple(sorted(values))
+    statement = _update(fields, toggle=toggle, guarded=if_match is not None)
+    parameters = {f"set_{name}": values[name] for name in fields}
+    parameters |= {"task_id": task_id, "owner_id": user_id, "now": utcnow()}
+    return _one_task(await _changed(engine, statement, parameters, if_match=if_match))
 
 
 async def replace_task(
-    session: AsyncSession,
+    engine: AsyncEngine,
     *,
     user_id: str,
     task_id: uuid.UUID,
     data: TaskCreate,
     if_match: Sequence[int] | None = None,
 ) -> TaskRead | None:
-    return await _update(
-        session, user_id=user_id, task_id=task_id, values=data.model_dump(), if_match=if_match
+    return await _update_one(
+        engine, user_id=user_id, task_id=task_id, values=data.model_dump(), if_match=if_match
     )
 
 
 async def update_task(
-    session: AsyncSession,
+    engine: AsyncEngine,
     *,
     user_id: str,
     task_id: uuid.UUID,
@@ -424,51 +529,44 @@ async def update_task(
     if_match: Sequence[int] | None = None,
 ) -> TaskRead | None:
     if not changes:  # nothing to change: not a modification; version and updated_at stay
-        task = await get_task(session, user_id=user_id, task_id=task_id)
+        task = await get_task(engine, user_id=user_id, task_id=task_id)
         if task is not None and if_match is not None and task.version not in if_match:
             raise StaleVersion(task)
         return task
-    return await _update(
-        session, user_id=user_id, task_id=task_id, values=changes, if_match=if_match
+    return await _update_one(
+        engine, user_id=user_id, task_id=task_id, values=changes, if_match=if_match
     )
 
 
 async def set_completion(
-    session: AsyncSession,
+    engine: AsyncEngine,
     *,
     user_id: str,
     task_id: uuid.UUID,
     completed: bool | None,
     if_match: Sequence[int] | None = None,
 ) -> TaskRead | None:
-    """Set `completed`, or flip it when `completed` is None.
-
-    The flip is `SET completed = NOT completed` in the UPDATE itself, so fifty concurrent
-    toggles flip fifty times instead of racing on a value read earlier.
-    """
-    value: Any = sa.not_(tasks.c.completed) if completed is None else completed
-    return await _update(
-        session, user_id=user_id, task_id=task_id, values={"completed": value}, if_match=if_match
-    )
+    """Set `completed`, or flip it when `completed` is None."""
+    values = {} if completed is None else {"completed": completed}
+    return await _update_one(
+        engine, user_id=user_id, task_id=task_id, values=values, toggle=completed is None,
+        if_match=if_match,
+    )  # fmt: skip
 
 
 async def delete_task(
-    session: AsyncSession,
+    engine: AsyncEngine,
     *,
     user_id: str,
     task_id: uuid.UUID,
     if_match: Sequence[int] | None = None,
 ) -> bool:
-    statement = sa.delete(tasks).returning(tasks.c.id)
-    rows = await _changed(session, statement, user_id=user_id, task_id=task_id, if_match=if_match)
-    return bool(rows)
+    statement = _DELETE if if_match is None else _DELETE_IF_MATCH
+    parameters = {"task_id": task_id, "owner_id": user_id}
+    return bool(await _changed(engine, statement, parameters, if_match=if_match))
 
 
-async def delete_tasks(session: AsyncSession, *, user_id: str, completed: bool) -> int:
+async def delete_tasks(engine: AsyncEngine, *, user_id: str, completed: bool) -> int:
     """Delete all of the user's tasks whose `completed` is as given; how many."""
-    statement = (
-        sa.delete(tasks)
-        .where(tasks.c.user_id == user_id, tasks.c.completed.is_(completed))
-        .returning(tasks.c.id)
-    )
-    return len(await _write(session, statement))
+    parameters = {"owner_id": user_id, "done": completed}
+    return len(await _rows(engine, _DELETE_ALL, parameters, idempotent=False))

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     cursor_secret: SecretStr = SecretStr("todo-api-default-cursor-secret")
     # How long an Idempotency-Key is remembered.
     idempotency_ttl_hours: float = Field(default=24, gt=0, le=24 * 30)
+    # Seconds in-flight requests get to finish after SIGTERM (stragglers are then cancelled).
+    # Whole seconds: uvicorn's timeout_graceful_shutdown is an int. Keep it below the
+    # orchestrator's own grace period (Kubernetes: 30 s) so the pool is closed before SIGKILL.
+    shutdown_timeout: int = Field(default=20, ge=1, le=300)
 
     # --- authentication (todo_api.auth) ---
     # Shared secret for HS256/384/512 tokens (e.g. Better Auth's BETTER_AUTH_SECRET).

@@ -13,12 +13,13 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
-from pydantic import AfterValidator, AwareDatetime
+from fastapi.routing import APIRoute
+from pydantic import AfterValidator, AwareDatetime, BaseModel
 
 from todo_api import repository
 from todo_api.api.conditional import IfMatchHeader, IfNoneMatchHeader, etag, if_match_versions
 from todo_api.api.conditional import none_match as if_none_match_hits
-from todo_api.api.deps import Owner, PrincipalDep, SessionDep, SettingsDep, authorize
+from todo_api.api.deps import DatabaseDep, Owner, SettingsDep, authorize
 from todo_api.models import (
     CompletionSet,
     Deleted,
@@ -32,14 +33,10 @@ from todo_api.models import (
 from todo_api.pagination import ALLOWED_SORTS, DEFAULT_SORT, Cursor, InvalidCursor, Sort, TaskFilter
 from todo_api.problems import BadRequest, NotFound, responses
 
-# Router-level: every route here authorises, even one that forgets to declare `Owner` (the
-# result is cached per request, so routes that do declare it do not verify twice).
-router = APIRouter(
-    prefix="/api/{user_id}/tasks",
-    tags=["tasks"],
-    dependencies=[Depends(authorize)],
-    responses=responses(401, 403),
-)
+# Every route declares `Owner` (checked at import, below): authorisation is never left to a
+# route remembering it, and is resolved once per request (a router-level dependency would be
+# solved a second time on every request).
+router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=responses(401, 403))
 
 # Every route can meet invalid input and a database outage.
 COMMON = (422, 503)
@@ -54,11 +51,20 @@ def _missing(task_id: uuid.UUID) -> NotFound:
     return NotFound(f"No task {task_id} for this user")
 
 
-def _found(task: TaskRead | None, task_id: uuid.UUID, response: Response) -> TaskRead:
+def _json(
+    model: BaseModel,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    # Serialised straight from the model: routes return a Response, so FastAPI does not
+    # validate a second time what the data layer built (response_model still documents it).
+    return Response(model.model_dump_json(), status_code, headers, "application/json")
+
+
+def _task(task: TaskRead | None, task_id: uuid.UUID) -> Response:
     if task is None:
         raise _missing(task_id)
-    response.headers["ETag"] = etag(task)
-    return task
+    return _json(task, headers={"ETag": etag(task)})
 
 
 # --- listing -------------------------------------------------------------------------------------
@@ -132,14 +138,14 @@ async def listing(
     responses=responses(400, *COMMON),
 )
 async def list_tasks(
-    user_id: Owner,
-    session: SessionDep,
+    owner: Owner,
+    db: DatabaseDep,
     settings: SettingsDep,
     query: Annotated[Listing, Depends(listing)],
-) -> TaskPage:
+) -> Response:
     page = await repository.list_tasks(
-        session,
-        user_id=user_id,
+        db,
+        user_id=owner.user_id,
         limit=query.limit,
         sort=query.sort,
         filters=query.filters,
@@ -147,13 +153,13 @@ async def list_tasks(
         include_total=query.include_total,
     )
     secret = settings.cursor_secret.get_secret_value().encode()
-    result = TaskPage(
+    result = TaskPage.model_construct(
         items=page.items,
         next_cursor=page.next_cursor.encode(secret) if page.next_cursor else None,
     )
     if page.total is not None:
         result.total = page.total
-    return result
+    return Response(result.model_dump_json(exclude_unset=True), media_type="application/json")
 
 
 @router.get(
@@ -162,9 +168,9 @@ async def list_tasks(
     response_model=TaskStats,
     responses=responses(*COMMON),
 )
-async def task_stats(user_id: Owner, session: SessionDep) -> TaskStats:
-    stats = await repository.task_stats(session, user_id=user_id)
-    return TaskStats(total=stats.total, completed=stats.completed, pending=stats.pending)
+async def task_stats(owner: Owner, db: DatabaseDep) -> Response:
+    stats = await repository.task_stats(db, user_id=owner.user_id)
+    return _json(TaskStats(total=stats.total, completed=stats.completed, pending=stats.pending))
 
 
 @router.delete(
@@ -175,15 +181,14 @@ async def task_stats(user_id: Owner, session: SessionDep) -> TaskStats:
     responses=responses(400, *COMMON),
 )
 async def delete_tasks(
-    user_id: Owner,
-    session: SessionDep,
+    owner: Owner,
+    db: DatabaseDep,
     completed: Annotated[bool | None, Query(description="Which tasks to delete (required)")] = None,
-) -> Deleted:
+) -> Response:
     if completed is None:
         raise BadRequest("refusing to delete every task: pass completed=true (or completed=false)")
-    return Deleted(
-        deleted=await repository.delete_tasks(session, user_id=user_id, completed=completed)
-    )
+    deleted = await repository.delete_tasks(db, user_id=owner.user_id, completed=completed)
+    return _json(Deleted(deleted=deleted))
 
 
 # --- one task ------------------------------------------------------------------------------------
@@ -210,32 +215,30 @@ IdempotencyKeyHeader = Annotated[
     responses=responses(409, *BODY, *COMMON),
 )
 async def create_task(
-    user_id: Owner,
-    principal: PrincipalDep,
-    session: SessionDep,
+    owner: Owner,
+    db: DatabaseDep,
     settings: SettingsDep,
     data: TaskCreate,
-    response: Response,
     idempotency_key: IdempotencyKeyHeader = None,
-) -> TaskRead:
+) -> Response:
+    user_id = owner.user_id
+    headers = {}
     if idempotency_key is None:
-        task = await repository.create_task(
-            session, user_id=user_id, data=data, email=principal.email
-        )
+        task = await repository.create_task(db, user_id=user_id, data=data, email=owner.email)
     else:
         task, replayed = await repository.create_task_once(
-            session,
+            db,
             user_id=user_id,
             data=data,
             key=idempotency_key,
             ttl=timedelta(hours=settings.idempotency_ttl_hours),
-            email=principal.email,
+            email=owner.email,
         )
         if replayed:
-            response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = f"/api/{quote(user_id, safe='')}/tasks/{task.id}"
-    response.headers["ETag"] = etag(task)
-    return task
+            headers["Idempotent-Replayed"] = "true"
+    headers["Location"] = f"/api/{quote(user_id, safe='')}/tasks/{task.id}"
+    headers["ETag"] = etag(task)
+    return _json(task, status.HTTP_201_CREATED, headers)
 
 
 @router.get(
@@ -245,18 +248,12 @@ async def create_task(
     responses=NOT_MODIFIED | responses(400, 404, *COMMON),
 )
 async def get_task(
-    user_id: Owner,
-    task_id: uuid.UUID,
-    session: SessionDep,
-    response: Response,
-    if_none_match: IfNoneMatchHeader = None,
-) -> TaskRead | Response:
-    task = _found(
-        await repository.get_task(session, user_id=user_id, task_id=task_id), task_id, response
-    )
-    if if_none_match_hits(if_none_match, task):
+    owner: Owner, task_id: uuid.UUID, db: DatabaseDep, if_none_match: IfNoneMatchHeader = None
+) -> Response:
+    task = await repository.get_task(db, user_id=owner.user_id, task_id=task_id)
+    if task is not None and if_none_match_hits(if_none_match, task):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(task)})
-    return task
+    return _task(task, task_id)
 
 
 @router.put(
@@ -266,17 +263,16 @@ async def get_task(
     responses=responses(400, 404, 412, *BODY, *COMMON),
 )
 async def replace_task(
-    user_id: Owner,
+    owner: Owner,
     task_id: uuid.UUID,
-    session: SessionDep,
+    db: DatabaseDep,
     data: TaskCreate,
-    response: Response,
     if_match: IfMatchHeader = None,
-) -> TaskRead:
+) -> Response:
     task = await repository.replace_task(
-        session, user_id=user_id, task_id=task_id, data=data, if_match=if_match_versions(if_match)
+        db, user_id=owner.user_id, task_id=task_id, data=data, if_match=if_match_versions(if_match)
     )
-    return _found(task, task_id, response)
+    return _task(task, task_id)
 
 
 @router.patch(
@@ -286,21 +282,20 @@ async def replace_task(
     responses=responses(400, 404, 412, *BODY, *COMMON),
 )
 async def update_task(
-    user_id: Owner,
+    owner: Owner,
     task_id: uuid.UUID,
-    session: SessionDep,
+    db: DatabaseDep,
     data: TaskUpdate,
-    response: Response,
     if_match: IfMatchHeader = None,
-) -> TaskRead:
+) -> Response:
     task = await repository.update_task(
-        session,
-        user_id=user_id,
+        db,
+        user_id=owner.user_id,
         task_id=task_id,
         changes=data.changes(),
         if_match=if_match_versions(if_match),
     )
-    return _found(task, task_id, response)
+    return _task(task, task_id)
 
 
 @router.delete(
@@ -311,10 +306,10 @@ async def update_task(
     responses=responses(400, 404, 412, *COMMON),
 )
 async def delete_task(
-    user_id: Owner, task_id: uuid.UUID, session: SessionDep, if_match: IfMatchHeader = None
+    owner: Owner, task_id: uuid.UUID, db: DatabaseDep, if_match: IfMatchHeader = None
 ) -> Response:
     deleted = await repository.delete_task(
-        session, user_id=user_id, task_id=task_id, if_match=if_match_versions(if_match)
+        db, user_id=owner.user_id, task_id=task_id, if_match=if_match_versions(if_match)
     )
     if not deleted:
         raise _missing(task_id)
@@ -330,18 +325,28 @@ async def delete_task(
     responses=responses(400, 404, 412, *BODY, *COMMON),
 )
 async def complete_task(
-    user_id: Owner,
+    owner: Owner,
     task_id: uuid.UUID,
-    session: SessionDep,
-    response: Response,
+    db: DatabaseDep,
     body: Annotated[CompletionSet | None, Body()] = None,
     if_match: IfMatchHeader = None,
-) -> TaskRead:
+) -> Response:
     task = await repository.set_completion(
-        session,
-        user_id=user_id,
+        db,
+        user_id=owner.user_id,
         task_id=task_id,
         completed=body.completed if body is not None else None,
         if_match=if_match_versions(if_match),
     )
-    return _found(task, task_id, response)
+    return _task(task, task_id)
+
+
+def _every_route_authorises() -> None:
+    for route in router.routes:
+        assert isinstance(route, APIRoute)
+        calls = {dependency.call for dependency in route.dependant.dependencies}
+        if authorize not in calls:
+            raise RuntimeError(f"route {route} does not declare Owner: it would be open to all")
+
+
+_every_route_authorises()

@@ -1,24 +1,37 @@
-"""Guard request bodies before FastAPI parses them.
+"""Guard requests before FastAPI decodes them.
 
-Pure ASGI (not `@app.middleware("http")`, where an exception would bypass the handlers): a body
-larger than the limit is refused with 413 after reading at most `limit + 1` bytes, whether it
-announces a Content-Length or arrives chunked; a body that is not JSON is refused with 415.
+Pure ASGI (not `@app.middleware("http")`, where an exception would bypass the handlers):
+- a URL whose percent-escapes are not UTF-8 is refused with 400: Starlette would decode them
+  with errors="replace", so `/api/%FF/tasks` and `/api/%FE/tasks` would reach the same user;
+- a body larger than the limit is refused with 413 after reading at most `limit + 1` bytes,
+  whether it announces a Content-Length or arrives chunked; a body that is not JSON is refused
+  with 415, one that is not UTF-8 with 400.
 """
 
 from __future__ import annotations
+
+from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from todo_api.problems import PROBLEM_MEDIA_TYPE, problem_bytes
 
 
-class RequestBodyGuard:
+class RequestGuard:
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        undecodable = _undecodable_url_part(scope)
+        if undecodable is not None:
+            detail = f"The {undecodable} contains percent-escapes that are not valid UTF-8"
+            await self._refuse(send, 400, detail)
+            return
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         headers = {k.lower(): v for k, v in scope["headers"]}
@@ -86,3 +99,15 @@ class RequestBodyGuard:
 
 def _is_json(content_type: bytes) -> bool:
     return content_type == b"application/json" or content_type.endswith(b"+json")
+
+
+def _undecodable_url_part(scope: Scope) -> str | None:
+    """ "path" or "query string" when its percent-decoded bytes are not UTF-8, else None."""
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+    for name, raw in (("path", raw_path), ("query string", scope["query_string"])):
+        if b"%" in raw:  # the common case: no escapes, nothing to check
+            try:
+                unquote_to_bytes(raw).decode("utf-8")
+            except UnicodeDecodeError:
+                return name
+    return None
