@@ -252,8 +252,8 @@ async def test_database_error_is_logged_once_with_operation_sqlstate_and_request
     client: httpx.AsyncClient, logs: LogCapture, backend: str
 ) -> None:
     async def bad_sql(request: Request) -> None:
-        async with request.app.state.sessions() as session:
-            await session.execute(sa.text("SELECT no_such_column FROM tasks"))
+        async with request.app.state.engine.connect() as connection:
+            await connection.execute(sa.text("SELECT no_such_column FROM tasks"))
 
     app_of(client).add_api_route("/bad-sql", bad_sql)
     response = await client.get("/bad-sql", headers={"X-Request-ID": "bad-sql"})
