@@ -49,6 +49,9 @@ def create_engine(settings: Settings, *, direct: bool = False) -> AsyncEngine:
         connect_args |= {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
     engine = create_async_engine(
         target.url,
+        # Error messages and DEBUG logs show statements without their values: those are the
+        # users' task titles and descriptions.
+        hide_parameters=True,
         connect_args=connect_args,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
@@ -92,7 +95,10 @@ def _ping_when_idle(engine: AsyncEngine, idle_seconds: float) -> None:
 
 
 def _sqlite_engine(target: DatabaseTarget, settings: Settings) -> AsyncEngine:
-    kwargs: dict[str, Any] = {"connect_args": {"timeout": settings.db_statement_timeout}}
+    kwargs: dict[str, Any] = {
+        "connect_args": {"timeout": settings.db_statement_timeout},
+        "hide_parameters": True,  # see create_engine
+    }
     if target.is_memory:
         # One shared connection, or every connection would see its own empty database.
         kwargs["poolclass"] = StaticPool
@@ -181,6 +187,9 @@ def describe_error(error: BaseException) -> str:
 
 # admin_shutdown, crash_shutdown, cannot_connect_now
 UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+# serialization_failure, deadlock_detected: the server aborted the transaction and kept nothing
+# of it; running it again is safe and usually succeeds.
+CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
 
 
 def is_unavailable(error: BaseException) -> bool:

@@ -20,7 +20,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from todo_api.database import describe_error, is_unavailable
+from todo_api.database import CONFLICT_SQLSTATES, describe_error, is_unavailable
 from todo_api.logs import current_request_id
 from todo_api.models import READ_ONLY_FIELDS
 from todo_api.repository import IdempotencyKeyReused, StaleVersion
@@ -230,6 +230,20 @@ async def _database_error(request: Request, error: Exception) -> JSONResponse:
         return problem_response(
             503,
             "The database is unavailable; retry shortly",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    if sqlstate in CONFLICT_SQLSTATES:
+        # Still losing to concurrent transactions after the data layer's retries: contention,
+        # not a bug, and a later attempt will succeed.
+        log.warning(
+            "transaction conflict on %s persisted through retries (SQLSTATE %s)",
+            operation,
+            sqlstate,
+            extra=fields,
+        )
+        return problem_response(
+            503,
+            "The change kept conflicting with concurrent changes; retry shortly",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
     if isinstance(error, sa_exc.IntegrityError):

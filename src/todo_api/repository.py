@@ -31,6 +31,7 @@ from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from todo_api.database import CONFLICT_SQLSTATES
 from todo_api.models import IdempotencyKey, Task, TaskCreate, TaskRead, User, utcnow
 from todo_api.pagination import Cursor, Sort, TaskFilter
 
@@ -74,9 +75,6 @@ class Stats:
 
 # --- execution: one connection per unit of work, retried only when that is safe ---------------
 
-# The server aborted the transaction and kept nothing of it: serialization_failure,
-# deadlock_detected. Run it again: neither may reach a client as an error.
-_CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
 CONFLICT_ATTEMPTS = 5
 _AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 
@@ -134,7 +132,7 @@ async def _run(
                 return result
         except exc.DBAPIError as error:
             sqlstate = _sqlstate(error)
-            if sqlstate in _CONFLICT_SQLSTATES and attempt < CONFLICT_ATTEMPTS:
+            if sqlstate in CONFLICT_SQLSTATES and attempt < CONFLICT_ATTEMPTS:
                 log.warning(
                     "transaction aborted by a concurrent one (SQLSTATE %s); retry %d of %d",
                     sqlstate, attempt, CONFLICT_ATTEMPTS - 1,
