@@ -55,7 +55,7 @@ TOGGLE = (
 EDITABLE = ("title", "description", "completed")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
-POOL_SIZE = 20  # the API's DB_POOL_SIZE + DB_MAX_OVERFLOW defaults (10 + 10)
+POOL_SIZE = 20  # the API's DB_POOL_SIZE + DB_MAX_OVERFLOW defaults (20 + 0)
 
 
 def _time(value: datetime) -> str:

@@ -43,8 +43,12 @@ class Settings(BaseSettings):
     database_url_direct: str | None = Field(default=None, repr=False)
     auto_migrate: bool = True
 
-    db_pool_size: int = Field(default=10, ge=1, le=200)
-    db_max_overflow: int = Field(default=10, ge=0, le=200)
+    # A fixed pool by default: SQLAlchemy closes an overflow connection as soon as it is checked
+    # in, so under sustained load beyond the pool size nearly every request would open a new
+    # connection (a fork on the server, TLS on Neon). Measured: 64 clients, 10 + 10 vs 20 + 0,
+    # 431 vs 599 requests/s.
+    db_pool_size: int = Field(default=20, ge=1, le=200)
+    db_max_overflow: int = Field(default=0, ge=0, le=200)
     db_pool_timeout: float = Field(default=10.0, gt=0, le=300)
     db_connect_timeout: float = Field(default=10.0, gt=0, le=300)
     db_pool_recycle: int = Field(default=240, ge=1)
