@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
 import asyncpg
@@ -67,11 +68,24 @@ async def wait_for_lock_waiter(admin: asyncpg.Connection, database: str) -> int:
     raise AssertionError("the API's statement never waited for the lock")
 
 
-async def terminate_while_waiting(admin: asyncpg.Connection, database: str) -> None:
-    """Kill the backend of the API statement that waits for the admin's lock."""
-    waiting = await wait_for_lock_waiter(admin, database)
-    assert await admin.fetchval("SELECT pg_terminate_backend($1)", waiting)
-    await asyncio.sleep(0.3)  # the API hears of it and runs the statement again
+async def killed_while_waiting(
+    database: str, lock: str, *lock_args: object, request: Awaitable[httpx.Response]
+) -> httpx.Response:
+    """`request`'s answer when its statement, waiting for a lock the test holds (`lock`), has
+    its backend terminated by the server and the lock is then released."""
+    admin = await asyncpg.connect(admin_dsn(database))
+    try:
+        locker = admin.transaction()
+        await locker.start()
+        await admin.execute(lock, *lock_args)
+        answer = asyncio.ensure_future(request)
+        waiting = await wait_for_lock_waiter(admin, database)
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", waiting)
+        await asyncio.sleep(0.3)  # the API hears of it and runs the statement again
+        await locker.commit()
+        return await answer
+    finally:
+        await admin.close()
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
@@ -82,18 +96,12 @@ async def test_a_statement_the_server_aborted_runs_again_once_applied(
     # restart does) and says so (SQLSTATE 57P01): nothing was committed, so the data layer runs
     # the toggle again on a fresh connection. It must flip exactly once.
     task = (await client.post("/api/alice/tasks", json={"title": "flip me"})).json()
-    database = str(settings.database.url.database)
-    admin = await asyncpg.connect(admin_dsn(database))
-    try:
-        locker = admin.transaction()
-        await locker.start()
-        await admin.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", uuid.UUID(task["id"]))
-        toggle = asyncio.create_task(client.patch(f"/api/alice/tasks/{task['id']}/complete"))
-        await terminate_while_waiting(admin, database)
-        await locker.commit()
-        response = await toggle
-    finally:
-        await admin.close()
+    response = await killed_while_waiting(
+        str(settings.database.url.database),
+        "SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE",
+        uuid.UUID(task["id"]),
+        request=client.patch(f"/api/alice/tasks/{task['id']}/complete"),
+    )
     assert response.status_code == 200, response.text
     assert (response.json()["completed"], response.json()["version"]) == (True, 2)
     stored = (await client.get(f"/api/alice/tasks/{task['id']}")).json()
@@ -106,18 +114,11 @@ async def test_a_create_whose_connection_the_server_killed_is_written_once(
 ) -> None:
     # An uncommitted insert of the same user row makes the create wait; killed there, it runs
     # again and writes its task exactly once.
-    database = str(settings.database.url.database)
-    admin = await asyncpg.connect(admin_dsn(database))
-    try:
-        locker = admin.transaction()
-        await locker.start()
-        await admin.execute("INSERT INTO users (id, created_at) VALUES ('alice', now())")
-        create = asyncio.create_task(client.post("/api/alice/tasks", json={"title": "once"}))
-        await terminate_while_waiting(admin, database)
-        await locker.commit()
-        response = await create
-    finally:
-        await admin.close()
+    response = await killed_while_waiting(
+        str(settings.database.url.database),
+        "INSERT INTO users (id, created_at) VALUES ('alice', now())",
+        request=client.post("/api/alice/tasks", json={"title": "once"}),
+    )
     assert response.status_code == 201, response.text
     assert await count_rows(engine) == 1
 

@@ -165,11 +165,16 @@ async def wait_for_database(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def sqlstate_of(error: BaseException | None) -> str | None:
+    """The SQLSTATE of a driver error, or of the one a SQLAlchemy error wraps (None: none)."""
+    driver_error = error.orig if isinstance(error, exc.DBAPIError) else error
+    code = getattr(driver_error, "sqlstate", None) or getattr(driver_error, "pgcode", None)
+    return str(code) if code else None
+
+
 def _is_permanent(error: DatabaseUnavailable) -> bool:
     # SQLSTATE class 28: authentication; 3D000: no such database. Both need a human.
-    cause = error.__cause__
-    orig = cause.orig if isinstance(cause, exc.DBAPIError) else cause
-    sqlstate = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+    sqlstate = sqlstate_of(error.__cause__) or ""
     return sqlstate.startswith("28") or sqlstate == "3D000"
 
 
@@ -200,7 +205,7 @@ def is_unavailable(error: BaseException) -> bool:
         # asyncpg raises the server's refusals during a restart (57P03 "the database system is
         # starting up", 57P01 terminated) and a handshake cut short (class 08) as plain
         # PostgresErrors, which SQLAlchemy wraps as a bare DBAPIError.
-        sqlstate = getattr(error.orig, "sqlstate", None) or ""
+        sqlstate = sqlstate_of(error) or ""
         if sqlstate.startswith("08") or sqlstate in UNAVAILABLE_SQLSTATES:
             return True
     return isinstance(

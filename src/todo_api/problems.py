@@ -20,7 +20,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from todo_api.database import CONFLICT_SQLSTATES, describe_error, is_unavailable
+from todo_api.database import CONFLICT_SQLSTATES, describe_error, is_unavailable, sqlstate_of
 from todo_api.logs import current_request_id
 from todo_api.models import READ_ONLY_FIELDS
 from todo_api.repository import IdempotencyKeyReused, StaleVersion
@@ -213,8 +213,7 @@ async def _validation_error(_request: Request, error: Exception) -> JSONResponse
 
 async def _database_error(request: Request, error: Exception) -> JSONResponse:
     operation = _operation(request)
-    orig = getattr(error, "orig", None)
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    sqlstate = sqlstate_of(error)
     fields = {"operation": operation, "sqlstate": sqlstate}
     if is_unavailable(error):
         # One line per failed request, with the traceback, as for every 5xx; a warning, as

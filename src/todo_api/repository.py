@@ -31,7 +31,7 @@ from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from todo_api.database import CONFLICT_SQLSTATES
+from todo_api.database import CONFLICT_SQLSTATES, sqlstate_of
 from todo_api.models import IdempotencyKey, Task, TaskCreate, TaskRead, User, utcnow
 from todo_api.pagination import Cursor, Sort, TaskFilter
 
@@ -79,10 +79,6 @@ CONFLICT_ATTEMPTS = 5
 _AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 
 
-def _sqlstate(error: exc.DBAPIError) -> str | None:
-    return getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
-
-
 def _server_refused(error: exc.DBAPIError) -> bool:
     """True when PostgreSQL itself answered with an error (so nothing was committed), rather
     than the connection vanishing without a word (when a COMMIT may have happened).
@@ -93,7 +89,7 @@ def _server_refused(error: exc.DBAPIError) -> bool:
     """
     cause: BaseException | None = error.orig
     while cause is not None:
-        sqlstate = getattr(cause, "sqlstate", None)
+        sqlstate = sqlstate_of(cause)
         if sqlstate and not sqlstate.startswith("08"):
             return True
         cause = cause.__cause__
@@ -131,7 +127,7 @@ async def _run(
                 await connection.commit()
                 return result
         except exc.DBAPIError as error:
-            sqlstate = _sqlstate(error)
+            sqlstate = sqlstate_of(error)
             if sqlstate in CONFLICT_SQLSTATES and attempt < CONFLICT_ATTEMPTS:
                 log.warning(
                     "transaction aborted by a concurrent one (SQLSTATE %s); retry %d of %d",

@@ -55,10 +55,13 @@ def _json(
     model: BaseModel,
     status_code: int = 200,
     headers: dict[str, str] | None = None,
+    *,
+    exclude_unset: bool = False,
 ) -> Response:
     # Serialised straight from the model: routes return a Response, so FastAPI does not
     # validate a second time what the data layer built (response_model still documents it).
-    return Response(model.model_dump_json(), status_code, headers, "application/json")
+    body = model.model_dump_json(exclude_unset=exclude_unset)
+    return Response(body, status_code, headers, "application/json")
 
 
 def _task(task: TaskRead | None, task_id: uuid.UUID) -> Response:
@@ -159,7 +162,7 @@ async def list_tasks(
     )
     if page.total is not None:
         result.total = page.total
-    return Response(result.model_dump_json(exclude_unset=True), media_type="application/json")
+    return _json(result, exclude_unset=True)  # `total` only when asked for
 
 
 @router.get(
