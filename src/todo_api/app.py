@@ -127,7 +127,7 @@ def _log_auth_mode(settings: Settings, verifier: TokenVerifier | None) -> None:
 
 
 # Declared here rather than through a `Security(HTTPBearer())` dependency: that would run on
-# every request only to read a header that `authenticate` reads anyway.
+# every request only to read a header that `authorize` reads anyway.
 BEARER_SCHEME = {
     "type": "http",
     "scheme": "bearer",

@@ -31,6 +31,7 @@ from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from todo_api import driver
 from todo_api.database import CONFLICT_SQLSTATES, sqlstate_of
 from todo_api.models import IdempotencyKey, Task, TaskCreate, TaskRead, User, utcnow
 from todo_api.pagination import Cursor, Sort, TaskFilter
@@ -96,17 +97,8 @@ def _server_refused(error: exc.DBAPIError) -> bool:
     return False
 
 
-async def _run(
-    engine: AsyncEngine,
-    work: Callable[[AsyncConnection], Awaitable[T]],
-    *,
-    transaction: bool = False,
-    idempotent: bool,
-) -> T:
-    """Run `work` on a pooled connection: in autocommit mode (each statement is atomic by itself:
-    no BEGIN and COMMIT round trips), or in one transaction committed here.
-
-    Runs it again when that cannot apply a change twice:
+async def _retrying(attempt: Callable[[], Awaitable[T]], *, idempotent: bool) -> T:
+    """Await `attempt()`, and again when that cannot apply a change twice:
     - PostgreSQL aborted it as a deadlock victim or a serialization failure (nothing was kept):
       up to CONFLICT_ATTEMPTS in all, after a short, growing, jittered pause;
     - the connection died (a Neon compute suspending, a pooler restarting), once, on a fresh
@@ -116,25 +108,19 @@ async def _run(
       twice, so the error (a 503) goes to the client, which knows what it asked for.
     """
     lost_connection_retried = False
-    attempt = 1
+    attempt_number = 1
     while True:
         try:
-            async with engine.connect() as connection:
-                if not transaction:
-                    await connection.execution_options(**_AUTOCOMMIT)
-                    return await work(connection)
-                result = await work(connection)
-                await connection.commit()
-                return result
+            return await attempt()
         except exc.DBAPIError as error:
             sqlstate = sqlstate_of(error)
-            if sqlstate in CONFLICT_SQLSTATES and attempt < CONFLICT_ATTEMPTS:
+            if sqlstate in CONFLICT_SQLSTATES and attempt_number < CONFLICT_ATTEMPTS:
                 log.warning(
                     "transaction aborted by a concurrent one (SQLSTATE %s); retry %d of %d",
-                    sqlstate, attempt, CONFLICT_ATTEMPTS - 1,
+                    sqlstate, attempt_number, CONFLICT_ATTEMPTS - 1,
                 )  # fmt: skip
-                await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
-                attempt += 1
+                await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt_number))
+                attempt_number += 1
             elif (
                 error.connection_invalidated
                 and not lost_connection_retried
@@ -147,14 +133,45 @@ async def _run(
                 raise
 
 
+async def _run(
+    engine: AsyncEngine,
+    work: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    transaction: bool = False,
+    idempotent: bool,
+) -> T:
+    """Run `work` on a pooled SQLAlchemy connection, retried as `_retrying` allows: in
+    autocommit mode (each statement is atomic by itself: no BEGIN and COMMIT round trips), or in
+    one transaction committed here."""
+
+    async def attempt() -> T:
+        async with engine.connect() as connection:
+            if not transaction:
+                await connection.execution_options(**_AUTOCOMMIT)
+                return await work(connection)
+            result = await work(connection)
+            await connection.commit()
+            return result
+
+    return await _retrying(attempt, idempotent=idempotent)
+
+
 async def _rows(
     engine: AsyncEngine,
     statement: sa.Executable,
     parameters: Mapping[str, Any] | None = None,
     *,
     idempotent: bool,
-) -> Sequence[sa.Row[Any]]:
-    """One statement (a SELECT, or a change with RETURNING) in autocommit mode; its rows."""
+) -> Sequence[Sequence[Any]]:
+    """One prebuilt statement (a SELECT, or a change with RETURNING) in autocommit mode; its
+    rows. On PostgreSQL it runs straight on the driver (see `driver`)."""
+    parameters = parameters or {}
+    if engine.dialect.name == "postgresql":
+        compiled = driver.compiled_for(statement, engine.dialect)
+        if compiled is not None:
+            return await _retrying(
+                lambda: driver.fetch(engine, compiled, parameters), idempotent=idempotent
+            )
 
     async def work(connection: AsyncConnection) -> Sequence[sa.Row[Any]]:
         return (await connection.execute(statement, parameters)).all()
@@ -162,12 +179,16 @@ async def _rows(
     return await _run(engine, work, idempotent=idempotent)
 
 
-def _to_task(row: sa.Row[Any]) -> TaskRead:
-    # Rows come from our own table through typed columns: no second validation needed.
-    return TaskRead.model_construct(**row._mapping)
+_TASK_FIELDS = tuple(column.name for column in _TASK_COLUMNS)
 
 
-def _one_task(rows: Sequence[sa.Row[Any]]) -> TaskRead | None:
+def _to_task(row: Sequence[Any]) -> TaskRead:
+    # Rows come from our own table through typed columns: no second validation needed. Every
+    # statement that returns tasks selects _TASK_COLUMNS, in that order.
+    return TaskRead.model_construct(**dict(zip(_TASK_FIELDS, row, strict=True)))
+
+
+def _one_task(rows: Sequence[Sequence[Any]]) -> TaskRead | None:
     return _to_task(rows[0]) if rows else None
 
 
@@ -467,7 +488,7 @@ async def _changed(
     parameters: dict[str, Any],
     *,
     if_match: Sequence[int] | None,
-) -> Sequence[sa.Row[Any]]:
+) -> Sequence[Sequence[Any]]:
     """Run an UPDATE/DELETE of one owned task, guarded by If-Match versions when given.
 
     No row back means the task is missing or its version differs; only then is it read, to

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import StringConstraints, TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from todo_api.auth import Identity, InvalidToken, KeysUnavailable, TokenVerifier, bearer_token
-from todo_api.models import USER_ID_PATTERN
+from todo_api.models import USER_ID_MAX, USER_ID_PATTERN
 from todo_api.problems import RETRY_AFTER_SECONDS, Forbidden, ServiceUnavailable, Unauthorized
 from todo_api.settings import Settings
 
@@ -40,24 +42,24 @@ async def get_database(request: Request) -> AsyncEngine:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[AsyncEngine, Depends(get_database)]
+
+# Documented here, checked in `authorize` (after the token): see there.
 UserIdPath = Annotated[
     str,
     Path(
-        pattern=USER_ID_PATTERN,
-        min_length=1,
-        max_length=128,
         description="The owner's id from the identity provider: 1-128 characters, "
         "no whitespace or control characters.",
         examples=["user_2f9a"],
+        json_schema_extra={"pattern": USER_ID_PATTERN, "minLength": 1, "maxLength": USER_ID_MAX},
     ),
 ]
+_VALID_USER_ID: TypeAdapter[str] = TypeAdapter(
+    Annotated[str, StringConstraints(pattern=USER_ID_PATTERN, min_length=1, max_length=USER_ID_MAX)]
+)
 
 
-async def authenticate(request: Request) -> Identity | None:
-    """The verified identity of the request's bearer token; None when AUTH_MODE=none."""
-    verifier: TokenVerifier | None = request.app.state.token_verifier
-    if verifier is None:
-        return None
+async def _authenticate(request: Request, verifier: TokenVerifier) -> Identity:
+    """The verified identity of the request's bearer token."""
     try:
         return await verifier.verify(bearer_token(request.headers.getlist("authorization")))
     except InvalidToken as error:
@@ -72,6 +74,16 @@ async def authenticate(request: Request) -> Identity | None:
         ) from None
 
 
+def _checked_user_id(user_id: str) -> str:
+    try:
+        return _VALID_USER_ID.validate_python(user_id)
+    except ValidationError as error:
+        # The same 422 FastAPI would give for a constrained path parameter.
+        raise RequestValidationError(
+            [{**detail, "loc": ("path", "user_id")} for detail in error.errors(include_url=False)]
+        ) from None
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who the request acts for: the path's owner, with the token's details when there is one."""
@@ -81,13 +93,15 @@ class Principal:
     claims: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
-async def authorize(
-    identity: Annotated[Identity | None, Depends(authenticate)], user_id: UserIdPath
-) -> Principal:
-    # `identity` is declared first so that it is resolved first: a request without a valid
-    # token gets 401 before its path is validated (422), and learns nothing about it.
-    if identity is None:
-        return Principal(user_id=user_id)
+async def authorize(request: Request, user_id: UserIdPath) -> Principal:
+    # One flat dependency that checks the path's user_id itself rather than through FastAPI's
+    # constraints: those would be checked before the token, and a request without a valid
+    # token must get 401 before its path is judged (422), and learn nothing about it.
+    verifier: TokenVerifier | None = request.app.state.token_verifier
+    if verifier is None:
+        return Principal(user_id=_checked_user_id(user_id))
+    identity = await _authenticate(request, verifier)
+    user_id = _checked_user_id(user_id)
     if identity.user_id != user_id:
         raise Forbidden("The token's user may not access another user's tasks")
     return Principal(user_id=user_id, email=identity.email, claims=identity.claims)
