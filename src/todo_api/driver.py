@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.engine import Dialect
@@ -86,19 +87,25 @@ async def fetch(
 ) -> list[tuple[Any, ...]]:
     """Run one compiled statement in autocommit on a pooled connection; its rows."""
     arguments = compiled.arguments(parameters)
-    pooled = await engine.raw_connection()  # connect errors arrive wrapped by SQLAlchemy
+    dialect = engine.dialect
+    try:
+        pooled = await engine.raw_connection()
+    except dialect.loaded_dbapi.Error as error:  # could not connect: wrapped as connect() does
+        raise _wrapped(error, dialect, None, lost=False) from error
     try:
         driver = pooled.driver_connection
         try:
             records = await driver.fetch(compiled.sql, *arguments)  # type: ignore[union-attr]
         except Exception as error:
             lost = driver.is_closed()  # type: ignore[union-attr]
-            if lost:
-                pooled.invalidate(error)  # the pool drops it and opens a fresh one later
-            wrapped = _as_sqlalchemy_error(error, engine.dialect, compiled.sql, lost)
-            if wrapped is error:
-                raise
-            raise wrapped from error
+            if lost or not isinstance(error, asyncpg.PostgresError):
+                # Only an error the server reported leaves the connection in a known state;
+                # after anything else (a dropped socket, a timeout) the pool gets a new one.
+                pooled.invalidate(error)
+            translated = _translated(error, dialect)
+            if translated is None:
+                raise  # OSError, TimeoutError: raised as they are, as SQLAlchemy does
+            raise _wrapped(translated, dialect, compiled.sql, lost=lost) from error
         except BaseException:
             # Cancelled mid-statement: the connection's state is unknown, so it is not reused.
             pooled.invalidate()
@@ -110,24 +117,28 @@ async def fetch(
     return [compiled.row(record) for record in records]
 
 
-def _as_sqlalchemy_error(
-    error: Exception, dialect: Dialect, statement: str, lost: bool
-) -> Exception:
-    """The error SQLAlchemy would raise for this asyncpg error (see its asyncpg dialect)."""
-    dbapi = dialect.loaded_dbapi
-    translations: Mapping[type, type] = dbapi._asyncpg_error_translate
+def _translated(error: Exception, dialect: Dialect) -> Exception | None:
+    """The DB-API error SQLAlchemy's asyncpg adapter makes of an asyncpg error (None: none)."""
+    translations: Mapping[type, type] = dialect.loaded_dbapi._asyncpg_error_translate
     for kind in type(error).__mro__:
         if kind in translations:
-            translated = translations[kind](error.args[0] if error.args else str(error), error)
-            translated.__cause__ = error
-            wrapped: Exception = exc.DBAPIError.instance(
-                statement,
-                None,
-                translated,
-                dbapi.Error,
-                hide_parameters=True,
-                connection_invalidated=lost,
-                dialect=dialect,
+            translated: Exception = translations[kind](
+                error.args[0] if error.args else str(error), error
             )
-            return wrapped
-    return error  # OSError, TimeoutError: raised as they are, as SQLAlchemy does
+            translated.__cause__ = error
+            return translated
+    return None
+
+
+def _wrapped(error: Exception, dialect: Dialect, statement: str | None, *, lost: bool) -> Exception:
+    """The SQLAlchemy exception for a DB-API error, as `Connection.execute` raises it."""
+    wrapped: Exception = exc.DBAPIError.instance(
+        statement,
+        None,
+        error,
+        dialect.loaded_dbapi.Error,
+        hide_parameters=True,
+        connection_invalidated=lost,
+        dialect=dialect,
+    )
+    return wrapped
