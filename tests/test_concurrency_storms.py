@@ -454,7 +454,7 @@ async def test_bulk_delete_of_completed_racing_with_toggles_and_creates_adds_up(
 # watches pg_locks every 5 ms for the DELETE to start waiting.
 
 
-async def scan_ordered_pair(db: Any, tasks: Sequence[dict[str, Any]]) -> tuple[str, str]:
+async def scan_ordered_pair(db: Any, tasks: Sequence[dict[str, Any]]) -> tuple[str, str] | None:
     """Two of these tasks (created one after another, titles ascending) that every plan of the
     bulk DELETE visits in the same order: a sequential or bitmap scan goes by physical
     position (ctid), an index scan by created_at, updated_at or title, all of which follow
@@ -470,7 +470,22 @@ async def scan_ordered_pair(db: Any, tasks: Sequence[dict[str, Any]]) -> tuple[s
         for later in ids[i + 1 :]:
             if position[earlier] < position[later]:
                 return earlier, later
-    raise AssertionError(f"no two tasks stored in creation order: {position}")
+    return None
+
+
+async def completed_tasks_with_an_ordered_pair(
+    http: httpx.AsyncClient, db: Any, user: str, prefix: str
+) -> tuple[list[dict[str, Any]], str, str]:
+    """At least four completed tasks of `user`, two of which (see scan_ordered_pair) every plan
+    of the bulk DELETE visits in creation order. A new row can land on a page before an older
+    one (free space left by earlier tests), so tasks are added until such a pair exists."""
+    tasks: list[dict[str, Any]] = []
+    for i in range(16):
+        # Zero-padded, so that title order is creation order.
+        tasks.append(await create_task(http, user, title=f"{prefix} {i:02d}", completed=True))
+        if len(tasks) >= 4 and (pair := await scan_ordered_pair(db, tasks)) is not None:
+            return tasks, *pair
+    raise AssertionError("16 tasks, and no two of them stored in creation order")
 
 
 async def own_xid(connection: Any) -> str:
@@ -514,8 +529,7 @@ async def test_a_real_deadlock_is_retried_inside_the_request(
 ) -> None:
     """PostgreSQL aborts the API's DELETE as the deadlock victim; the data layer runs it again
     once the other transaction is gone, and the client only sees the right answer."""
-    tasks = [await create_task(http, user, title=f"deadlock {i}", completed=True) for i in range(4)]
-    first, second = await scan_ordered_pair(db, tasks)
+    tasks, first, second = await completed_tasks_with_an_ordered_pair(http, db, user, "deadlock")
     request_id = uuid.uuid4().hex
 
     transaction = holder.transaction()
@@ -534,7 +548,7 @@ async def test_a_real_deadlock_is_retried_inside_the_request(
     response = await purge
 
     assert response.status_code == 200, response.text
-    assert response.json() == {"deleted": 4}
+    assert response.json() == {"deleted": len(tasks)}
     assert await stored_tasks(db, user) == {}
     retries = server_log.retries(request_id, DEADLOCK)
     assert len(retries) == 1, server_log.records()
@@ -547,8 +561,7 @@ async def test_a_deadlock_that_keeps_coming_back_is_retried_a_bounded_number_of_
 ) -> None:
     """Every attempt of the DELETE walks into a new deadlock: after CONFLICT_ATTEMPTS the
     request gives up (no endless retrying), having changed nothing, and says so."""
-    tasks = [await create_task(http, user, title=f"again {i}", completed=True) for i in range(4)]
-    first, second = await scan_ordered_pair(db, tasks)
+    tasks, first, second = await completed_tasks_with_an_ordered_pair(http, db, user, "again")
     request_id = uuid.uuid4().hex
 
     transaction = holder.transaction()
@@ -575,9 +588,9 @@ async def test_a_deadlock_that_keeps_coming_back_is_retried_a_bounded_number_of_
 
     retries = server_log.retries(request_id, DEADLOCK)
     assert len(retries) == CONFLICT_ATTEMPTS - 1, server_log.records()
-    assert len(await stored_tasks(db, user)) == 4  # every attempt was rolled back whole
+    assert len(await stored_tasks(db, user)) == len(tasks)  # every attempt was rolled back whole
     after = await http.delete(tasks_url(user), params={"completed": "true"})
-    assert after.json() == {"deleted": 4}  # and nothing was left locked
+    assert after.json() == {"deleted": len(tasks)}  # and nothing was left locked
     assert response.headers["content-type"].startswith(PROBLEM)
     # A conflict that outlasts the retries is transient: 503 with Retry-After, not a 500.
     assert response.status_code == 503, response.text

@@ -21,6 +21,8 @@ SQLAlchemy's path (`compiled_for` returns None for the latter).
 from __future__ import annotations
 
 import functools
+import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,11 +30,20 @@ from typing import Any
 import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import exc
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
 Processor = Callable[[Any], Any]
+StatementObserver = Callable[[str, float], None]  # (SQL, seconds) after each statement
+
+# SQLAlchemy's cursor events do not fire here: the metrics register for these instead.
+_observers: weakref.WeakKeyDictionary[Engine, StatementObserver] = weakref.WeakKeyDictionary()
+
+
+def observe_statements(engine: AsyncEngine, observer: StatementObserver) -> None:
+    """Call `observer` after every statement this module runs on `engine`."""
+    _observers[engine.sync_engine] = observer
 
 
 @dataclass(frozen=True)
@@ -94,8 +105,12 @@ async def fetch(
         raise _wrapped(error, dialect, None, lost=False) from error
     try:
         driver = pooled.driver_connection
+        observer = _observers.get(engine.sync_engine)
+        started = time.perf_counter()
         try:
             records = await driver.fetch(compiled.sql, *arguments)  # type: ignore[union-attr]
+            if observer is not None:
+                observer(compiled.sql, time.perf_counter() - started)
         except Exception as error:
             lost = driver.is_closed()  # type: ignore[union-attr]
             if lost or not isinstance(error, asyncpg.PostgresError):

@@ -37,6 +37,8 @@ from sqlalchemy.engine import Connection, ExecutionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import Pool
 
+from todo_api import driver
+
 # The `*_created` timestamp series double the output and the work of a scrape for a figure
 # Prometheus does not need (it detects counter resets itself).
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -156,6 +158,7 @@ class Metrics:
         sync_engine = engine.sync_engine
         event.listen(sync_engine, "before_cursor_execute", self._before_execute)
         event.listen(sync_engine, "after_cursor_execute", self._after_execute)
+        driver.observe_statements(engine, self._observe_statement)  # PostgreSQL's hot path
         if self.multiprocess:
             # Listeners on the pool carry over when dispose() replaces it.
             event.listen(sync_engine.pool, "checkout", self._pool_changed)
@@ -199,13 +202,15 @@ class Metrics:
         _executemany: bool,
     ) -> None:
         started = conn.info.pop(_QUERY_STARTED, None)
-        if started is None:
-            return
+        if started is not None:
+            self._observe_statement(statement, time.perf_counter() - started)
+
+    def _observe_statement(self, statement: str, seconds: float) -> None:
         operation = _operation(statement)
         child = self._query_children.get(operation)
         if child is None:
             child = self._query_children[operation] = self._queries.labels(operation)
-        child.observe(time.perf_counter() - started)
+        child.observe(seconds)
 
     def _pool_changed(self, *_args: Any) -> None:
         figures = self.pool_figures()
