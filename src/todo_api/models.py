@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Strict,
     StringConstraints,
+    TypeAdapter,
     field_validator,
 )
 from pydantic import Field as PydanticField
@@ -229,9 +231,13 @@ class CompletionSet(_Input):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"completed": True}]})
 
 
-# Response shapes are plain pydantic models: SQLModel's construction costs several times more,
-# and a page builds fifty of them.
-class TaskRead(BaseModel):
+# Response shapes are plain pydantic models, and a task is a plain dataclass: the data layer
+# builds one per row from typed columns (nothing to validate), and constructing a pydantic model
+# costs about 3.5 µs (SQLModel several times more) where a slotted dataclass costs 0.4 µs; a page
+# builds fifty. Pydantic still serialises it (TASK_JSON, or as a field of TaskPage) and documents
+# it in the OpenAPI schema.
+@dataclass(slots=True)
+class TaskRead:
     id: uuid.UUID
     user_id: str
     title: str
@@ -239,11 +245,12 @@ class TaskRead(BaseModel):
     completed: bool
     created_at: datetime
     updated_at: datetime
-    version: int = PydanticField(
-        description="Incremented by every change; the ETag is its quoted value"
-    )
+    version: Annotated[
+        int, PydanticField(description="Incremented by every change; the ETag is its quoted value")
+    ]
 
-    model_config = ConfigDict(
+    __pydantic_config__ = ConfigDict(
+        title="TaskRead",
         json_schema_extra={
             "examples": [
                 {
@@ -257,8 +264,11 @@ class TaskRead(BaseModel):
                     "version": 1,
                 }
             ]
-        }
+        },
     )
+
+
+TASK_JSON: TypeAdapter[TaskRead] = TypeAdapter(TaskRead)
 
 
 class TaskPage(BaseModel):

@@ -33,7 +33,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from todo_api import driver
 from todo_api.database import CONFLICT_SQLSTATES, sqlstate_of
-from todo_api.models import IdempotencyKey, Task, TaskCreate, TaskRead, User, utcnow
+from todo_api.models import (
+    TASK_JSON,
+    IdempotencyKey,
+    Task,
+    TaskCreate,
+    TaskRead,
+    User,
+    utcnow,
+)
 from todo_api.pagination import Cursor, Sort, TaskFilter
 
 log = logging.getLogger("todo_api.repository")
@@ -179,13 +187,14 @@ async def _rows(
     return await _run(engine, work, idempotent=idempotent)
 
 
-_TASK_FIELDS = tuple(column.name for column in _TASK_COLUMNS)
+if tuple(column.name for column in _TASK_COLUMNS) != tuple(TaskRead.__dataclass_fields__):
+    raise RuntimeError("TaskRead's fields must follow the tasks table's columns, in order")
 
 
 def _to_task(row: Sequence[Any]) -> TaskRead:
     # Rows come from our own table through typed columns: no second validation needed. Every
-    # statement that returns tasks selects _TASK_COLUMNS, in that order.
-    return TaskRead.model_construct(**dict(zip(_TASK_FIELDS, row, strict=True)))
+    # statement that returns tasks selects _TASK_COLUMNS, which is TaskRead's field order.
+    return TaskRead(*row)
 
 
 def _one_task(rows: Sequence[Sequence[Any]]) -> TaskRead | None:
@@ -325,7 +334,7 @@ def _new_task(user_id: str, data: TaskCreate) -> TaskRead:
     # Everything about a new task is decided here, so its representation is known before the
     # INSERT (the idempotency record stores it in the same transaction).
     now = utcnow()
-    return TaskRead.model_construct(
+    return TaskRead(
         id=uuid.uuid4(), user_id=user_id, created_at=now, updated_at=now, version=1,
         title=data.title, description=data.description, completed=data.completed,
     )  # fmt: skip
@@ -385,7 +394,7 @@ async def create_task_once(
             user_id=user_id,
             key=key,
             request_hash=fingerprint,
-            response_body=task.model_dump_json(),
+            response_body=TASK_JSON.dump_json(task).decode(),
             created_at=now,
             expires_at=now + ttl,
         )
@@ -415,7 +424,7 @@ async def create_task_once(
         return task, False
     if stored.request_hash != fingerprint:
         raise IdempotencyKeyReused(key)
-    return TaskRead.model_validate_json(stored.response_body), True
+    return TASK_JSON.validate_json(stored.response_body), True
 
 
 # --- read ----------------------------------------------------------------------------------------

@@ -17,10 +17,12 @@ from fastapi.routing import APIRoute
 from pydantic import AfterValidator, AwareDatetime, BaseModel
 
 from todo_api import repository
+from todo_api.api import operation_id
 from todo_api.api.conditional import IfMatchHeader, IfNoneMatchHeader, etag, if_match_versions
 from todo_api.api.conditional import none_match as if_none_match_hits
 from todo_api.api.deps import DatabaseDep, Owner, SettingsDep, authorize
 from todo_api.models import (
+    TASK_JSON,
     CompletionSet,
     Deleted,
     TaskCreate,
@@ -36,7 +38,13 @@ from todo_api.problems import BadRequest, NotFound, responses
 # Every route declares `Owner` (checked at import, below): authorisation is never left to a
 # route remembering it, and is resolved once per request (a router-level dependency would be
 # solved a second time on every request).
-router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=responses(401, 403))
+router = APIRouter(
+    prefix="/api/{user_id}/tasks",
+    tags=["tasks"],
+    responses=responses(401, 403),
+    # Set here too: the app adds these routes to its own list rather than including the router.
+    generate_unique_id_function=operation_id,
+)
 
 # Every route can meet invalid input and a database outage.
 COMMON = (422, 503)
@@ -52,15 +60,18 @@ def _missing(task_id: uuid.UUID) -> NotFound:
 
 
 def _json(
-    model: BaseModel,
+    value: BaseModel | TaskRead,
     status_code: int = 200,
     headers: dict[str, str] | None = None,
     *,
     exclude_unset: bool = False,
 ) -> Response:
-    # Serialised straight from the model: routes return a Response, so FastAPI does not
+    # Serialised straight from the value: routes return a Response, so FastAPI does not
     # validate a second time what the data layer built (response_model still documents it).
-    body = model.model_dump_json(exclude_unset=exclude_unset)
+    if isinstance(value, TaskRead):
+        body = TASK_JSON.dump_json(value)
+    else:
+        body = value.model_dump_json(exclude_unset=exclude_unset).encode()
     return Response(body, status_code, headers, "application/json")
 
 
