@@ -7,10 +7,12 @@ connection is made by `verify_database` (start-up) or a request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +63,53 @@ def create_engine(settings: Settings, *, direct: bool = False) -> AsyncEngine:
         pool_recycle=settings.db_pool_recycle,
     )
     _ping_when_idle(engine, settings.db_ping_after_idle)
+    _queues[engine.sync_engine] = ConnectionQueue(
+        settings.db_pool_size + settings.db_max_overflow, settings.db_pool_timeout
+    )
     return engine
+
+
+class ConnectionQueue:
+    """First come, first served turns on the pool's connections.
+
+    SQLAlchemy's async pool waits on an asyncio.Queue, which is not fair: a request that
+    arrives while a connection is being handed to a waiter can take it, and the woken waiter
+    goes back to the end of the line. Under sustained load a few requests waited seconds (3 s
+    seen with the default pool of 20 and 32 clients) while the rest went straight through.
+    asyncio.Semaphore hands a released slot to its longest waiter, so requests queue here, in
+    order, and the pool itself never has waiters. Sized to the pool's capacity (size +
+    overflow) and timed out like the pool (DB_POOL_TIMEOUT, then a 503).
+    """
+
+    def __init__(self, capacity: int, timeout: float) -> None:
+        self._slots = asyncio.Semaphore(capacity)
+        self._capacity = capacity
+        self._timeout = timeout
+
+    async def __aenter__(self) -> None:
+        if not self._slots.locked():
+            await self._slots.acquire()  # returns at once
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise exc.TimeoutError(
+                f"no database connection came free within {self._timeout:g} s "
+                f"(pool capacity {self._capacity}: DB_POOL_SIZE + DB_MAX_OVERFLOW)"
+            ) from None
+
+    async def __aexit__(self, *_exc_info: object) -> None:
+        self._slots.release()
+
+
+_queues: weakref.WeakKeyDictionary[sa.Engine, ConnectionQueue] = weakref.WeakKeyDictionary()
+_NO_QUEUE = contextlib.nullcontext()
+
+
+def connection_turn(engine: AsyncEngine) -> contextlib.AbstractAsyncContextManager[Any]:
+    """`async with` it around each use of a pooled connection (SQLite: no queue, a no-op)."""
+    return _queues.get(engine.sync_engine, _NO_QUEUE)
 
 
 def _ping_when_idle(engine: AsyncEngine, idle_seconds: float) -> None:

@@ -32,7 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from todo_api import driver
-from todo_api.database import CONFLICT_SQLSTATES, sqlstate_of
+from todo_api.database import CONFLICT_SQLSTATES, connection_turn, sqlstate_of
 from todo_api.models import (
     TASK_JSON,
     IdempotencyKey,
@@ -105,8 +105,11 @@ def _server_refused(error: exc.DBAPIError) -> bool:
     return False
 
 
-async def _retrying(attempt: Callable[[], Awaitable[T]], *, idempotent: bool) -> T:
-    """Await `attempt()`, and again when that cannot apply a change twice:
+async def _retrying(
+    engine: AsyncEngine, attempt: Callable[[], Awaitable[T]], *, idempotent: bool
+) -> T:
+    """Await `attempt()` (in turn for a pooled connection), and again when that cannot apply
+    a change twice:
     - PostgreSQL aborted it as a deadlock victim or a serialization failure (nothing was kept):
       up to CONFLICT_ATTEMPTS in all, after a short, growing, jittered pause;
     - the connection died (a Neon compute suspending, a pooler restarting), once, on a fresh
@@ -119,7 +122,8 @@ async def _retrying(attempt: Callable[[], Awaitable[T]], *, idempotent: bool) ->
     attempt_number = 1
     while True:
         try:
-            return await attempt()
+            async with connection_turn(engine):
+                return await attempt()
         except exc.DBAPIError as error:
             sqlstate = sqlstate_of(error)
             if sqlstate in CONFLICT_SQLSTATES and attempt_number < CONFLICT_ATTEMPTS:
@@ -161,7 +165,7 @@ async def _run(
             await connection.commit()
             return result
 
-    return await _retrying(attempt, idempotent=idempotent)
+    return await _retrying(engine, attempt, idempotent=idempotent)
 
 
 async def _rows(
@@ -178,7 +182,7 @@ async def _rows(
         compiled = driver.compiled_for(statement, engine.dialect)
         if compiled is not None:
             return await _retrying(
-                lambda: driver.fetch(engine, compiled, parameters), idempotent=idempotent
+                engine, lambda: driver.fetch(engine, compiled, parameters), idempotent=idempotent
             )
 
     async def work(connection: AsyncConnection) -> Sequence[sa.Row[Any]]:
