@@ -132,7 +132,7 @@ def serve_app() -> FastAPI:
 
     settings = load_settings()
     configure_logging(settings)
-    return create_app(settings)
+    return create_app(settings, serving=True)
 
 
 async def _prepare(settings: Settings) -> None:
