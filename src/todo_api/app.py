@@ -96,10 +96,11 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
     # One verifier per app (its JWKS cache is shared by every request); None: an open API.
     app.state.token_verifier = TokenVerifier(settings) if settings.auth_enabled else None
     install_problem_handlers(app)
+    # Routes are matched in list order, so the task routes go first, and they join the app's
+    # own list instead of being included: FastAPI matches an included router's routes a second
+    # time on every request (~15 µs of a ~350 µs get). No other path overlaps /api/.
+    app.router.routes[:0] = tasks.router.routes
     app.include_router(health.router)
-    # The task routes join the app's own list instead of being included: FastAPI matches the
-    # routes of an included router a second time on every request (~15 µs of a ~350 µs get).
-    app.router.routes.extend(tasks.router.routes)
     app.add_middleware(RequestGuard, max_bytes=settings.max_body_bytes)
     if metrics is not None:
         install_metrics(app, metrics)

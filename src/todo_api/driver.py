@@ -55,7 +55,7 @@ class Compiled:
     # Values SQLAlchemy bound itself, such as the 1 of `version + 1`.
     constants: Mapping[str, Any]
     binds: Mapping[str, Processor]  # the column types' conversions of parameter values
-    results: tuple[Processor | None, ...]  # the same for each returned column
+    results: tuple[tuple[int, Processor], ...]  # the same for returned columns: (index, it)
 
     def arguments(self, parameters: Mapping[str, Any]) -> list[Any]:
         values = []
@@ -65,11 +65,13 @@ class Compiled:
             values.append(value if process is None or value is None else process(value))
         return values
 
-    def row(self, record: Sequence[Any]) -> tuple[Any, ...]:
-        return tuple(
-            value if process is None else process(value)
-            for process, value in zip(self.results, record, strict=True)
-        )
+    def row(self, record: Sequence[Any]) -> Sequence[Any]:
+        if not self.results:
+            return record
+        values = list(record)
+        for index, process in self.results:
+            values[index] = process(values[index])
+        return values
 
 
 @functools.lru_cache(maxsize=256)  # statements are prebuilt: a few dozen shapes in all
@@ -89,13 +91,17 @@ def compiled_for(statement: sa.Executable, dialect: Dialect) -> Compiled | None:
             for name, bind in binds.items()
             if (process := bind.type._cached_bind_processor(dialect)) is not None
         },
-        results=tuple(column.type._cached_result_processor(dialect, None) for column in columns),
+        results=tuple(
+            (index, process)
+            for index, column in enumerate(columns)
+            if (process := column.type._cached_result_processor(dialect, None)) is not None
+        ),
     )
 
 
 async def fetch(
     engine: AsyncEngine, compiled: Compiled, parameters: Mapping[str, Any]
-) -> list[tuple[Any, ...]]:
+) -> list[Sequence[Any]]:
     """Run one compiled statement in autocommit on a pooled connection; its rows."""
     arguments = compiled.arguments(parameters)
     dialect = engine.dialect
