@@ -9,7 +9,7 @@ idle connections, recycling), one `fetch` of the compiled SQL with `$n` paramete
 prepares and caches it per connection, or not at all behind a transaction-mode pooler), and the
 check-in.
 
-Failures are raised exactly as SQLAlchemy raises them (a `DBAPIError` subclass wrapping the
+Failures are raised as SQLAlchemy raises them (a `DBAPIError` subclass wrapping the
 driver's error, `connection_invalidated` when the connection died, which leaves the pool), so
 retries and problem answers do not depend on which path ran.
 
