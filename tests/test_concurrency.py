@@ -185,3 +185,30 @@ async def test_no_request_starves_while_others_keep_getting_connections(
     # A turn is 12 reads / 2 connections: the slowest read is a small multiple of the median,
     # where starvation shows as a wait of a large part of the 2 s run.
     assert waits[-1] < max(20 * median, 0.5), (len(waits), median, waits[-5:])
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "pgbouncer"], indirect=True)
+# If-Match: its version list is an expanding IN, which runs on SQLAlchemy's execution path.
+@pytest.mark.parametrize("headers", [{}, {"If-Match": '"1"'}], ids=["plain", "if-match"])
+async def test_a_statement_past_the_statement_timeout_is_503_and_never_lands_later(
+    settings: Settings, engine: AsyncEngine, headers: dict[str, str]
+) -> None:
+    # The write waits on a row lock past DB_STATEMENT_TIMEOUT: the client is told 503, and the
+    # statement is cancelled on the server, so releasing the lock afterwards must not let it
+    # apply behind the client's back. The next request on the same pool works.
+    async with locked_task(settings, db_statement_timeout=0.5) as held:
+        started = time.monotonic()
+        timed_out = await held.client.patch(held.url, json={"title": "too late"}, headers=headers)
+        waited = time.monotonic() - started
+        await held.release()
+        await asyncio.sleep(0.5)  # time for a statement still waiting to go through
+        after = await held.client.get(held.url)
+
+    body = assert_problem(timed_out, 503)
+    assert timed_out.headers["Retry-After"]
+    assert "retry" in body["detail"].lower()
+    assert 0.5 <= waited < 5
+    assert after.status_code == 200, after.text
+    assert (after.json()["title"], after.json()["version"]) == ("held", 1)
+    row = await stored_task(engine, held.url.rsplit("/", 1)[1])
+    assert row is not None and (row["title"], row["version"]) == ("held", 1)

@@ -119,9 +119,11 @@ async def fetch(
                 observer(compiled.sql, time.perf_counter() - started)
         except Exception as error:
             lost = driver.is_closed()  # type: ignore[union-attr]
-            if lost or not isinstance(error, asyncpg.PostgresError):
-                # Only an error the server reported leaves the connection in a known state;
-                # after anything else (a dropped socket, a timeout) the pool gets a new one.
+            if isinstance(error, TimeoutError) and not lost:
+                lost = not await cancelled(driver)
+            if lost or not isinstance(error, asyncpg.PostgresError | TimeoutError):
+                # After anything but an error the server reported or a cancelled statement,
+                # the connection's state is unknown: the pool gets a new one.
                 pooled.invalidate(error)
             translated = _translated(error, dialect)
             if translated is None:
@@ -136,6 +138,27 @@ async def fetch(
         # awaits the driver.
         await greenlet_spawn(pooled.close)
     return [compiled.row(record) for record in records]
+
+
+# How long to wait, after a statement timed out, for the server to confirm its cancellation.
+CANCEL_WAIT_SECONDS = 5.0
+
+
+async def cancelled(driver: Any) -> bool:
+    """Wait until the statement that just timed out (DB_STATEMENT_TIMEOUT) is over; False if
+    that could not be confirmed.
+
+    asyncpg gives up waiting at once and sends the server a cancel request on the side; the
+    statement may still be running (waiting for a row lock, say). Answering the client before
+    it is over would let a write that was reported as failed go through afterwards (seen
+    through PgBouncer, where the cancel takes an extra hop). asyncpg holds the connection's
+    next statement until the cancellation is done, so one trivial statement waits for it.
+    """
+    try:
+        await driver.execute("SELECT 1", timeout=CANCEL_WAIT_SECONDS)
+    except Exception:  # the connection is in no state to be reused
+        return False
+    return True
 
 
 def _translated(error: Exception, dialect: Dialect) -> Exception | None:

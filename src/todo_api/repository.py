@@ -160,7 +160,17 @@ async def _run(
         async with engine.connect() as connection:
             if not transaction:
                 await connection.execution_options(**_AUTOCOMMIT)
-                return await work(connection)
+                try:
+                    return await work(connection)
+                except TimeoutError:
+                    # As on the driver path: over on the server before the client hears of it.
+                    # (In a transaction, the rollback at check-in waits for it.)
+                    if engine.dialect.name == "postgresql":
+                        await connection.rollback()  # SQLAlchemy's bookkeeping: nothing is sent
+                        pooled = await connection.get_raw_connection()
+                        if not await driver.cancelled(pooled.driver_connection):
+                            await connection.invalidate()
+                    raise
             result = await work(connection)
             await connection.commit()
             return result
