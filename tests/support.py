@@ -232,3 +232,16 @@ class Server:
             return httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200
         except httpx.TransportError:
             return False
+
+
+async def wait_for_lock_waiter(admin: asyncpg.Connection, database: str) -> int:
+    """The pid of the backend in `database` that waits for a row lock (the API's statement)."""
+    for _ in range(500):
+        pid = await admin.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+            database,
+        )
+        if pid is not None:
+            return int(pid)
+        await asyncio.sleep(0.02)
+    raise AssertionError("the API's statement never waited for the lock")

@@ -15,7 +15,14 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from support import admin_dsn, assert_problem, count_rows, running, stored_task
+from support import (
+    admin_dsn,
+    assert_problem,
+    count_rows,
+    running,
+    stored_task,
+    wait_for_lock_waiter,
+)
 from todo_api.settings import Settings
 
 pytestmark = pytest.mark.through_pooler
@@ -75,14 +82,9 @@ class LockedTask:
 
     async def wait_until_blocked(self) -> None:
         """Until a backend of the API waits for the row lock the test holds."""
-        for _ in range(500):
-            if await self.admin.fetchval(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            ):
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("the API's statement never waited for the lock")
+        await wait_for_lock_waiter(
+            self.admin, await self.admin.fetchval("SELECT current_database()")
+        )
 
 
 @asynccontextmanager

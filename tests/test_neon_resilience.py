@@ -14,7 +14,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pgbouncer import PgBouncer
-from support import admin_dsn, admin_url, assert_problem, count_rows, running, settings_for
+from support import (
+    admin_dsn,
+    admin_url,
+    assert_problem,
+    count_rows,
+    running,
+    settings_for,
+    wait_for_lock_waiter,
+)
 from tcp_proxy import TcpProxy
 from todo_api.database import DatabaseUnavailable
 from todo_api.settings import Settings
@@ -53,19 +61,6 @@ async def test_request_after_every_connection_was_terminated_succeeds(
     assert listing.status_code == 200, listing.text
     assert [task["title"] for task in listing.json()["items"]] == ["before"]
     assert written.status_code == 201, written.text
-
-
-async def wait_for_lock_waiter(admin: asyncpg.Connection, database: str) -> int:
-    """The pid of the backend in `database` that waits for a row lock (the API's statement)."""
-    for _ in range(500):
-        pid = await admin.fetchval(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
-            database,
-        )
-        if pid is not None:
-            return int(pid)
-        await asyncio.sleep(0.02)
-    raise AssertionError("the API's statement never waited for the lock")
 
 
 async def killed_while_waiting(
