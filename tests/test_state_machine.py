@@ -454,32 +454,16 @@ class TaskMachine(RuleBasedStateMachine):
 
     @rule(user=users, pick=picks, body=bodies, if_match=if_matches)
     def replace_task(self, user: str, pick: int, body: TaskCreate, if_match: str) -> None:
-        account = self.acting(user, "replace")
-        task_id = self.own_id(user, pick)
-        versions = self.versions(account, task_id, if_match)
-        call = partial(
-            self.call,
-            repository.replace_task,
-            user_id=user,
-            task_id=task_id,
-            data=body,
-            if_match=versions,
+        account, task_id, versions, call = self.on_own_task(
+            user, pick, if_match, "replace", repository.replace_task, data=body
         )
         if not self.unchanged_or_stale(account, task_id, versions, call):
             self.changed(account, account.tasks[task_id], call(), **body.model_dump())
 
     @rule(user=users, pick=picks, changes=patches, if_match=if_matches)
     def patch(self, user: str, pick: int, changes: dict[str, Any], if_match: str) -> None:
-        account = self.acting(user, "patch")
-        task_id = self.own_id(user, pick)
-        versions = self.versions(account, task_id, if_match)
-        call = partial(
-            self.call,
-            repository.update_task,
-            user_id=user,
-            task_id=task_id,
-            changes=changes,
-            if_match=versions,
+        account, task_id, versions, call = self.on_own_task(
+            user, pick, if_match, "patch", repository.update_task, changes=changes
         )
         if self.unchanged_or_stale(account, task_id, versions, call):
             return
@@ -491,16 +475,9 @@ class TaskMachine(RuleBasedStateMachine):
 
     @rule(user=users, pick=picks, completed=st.none() | st.booleans(), if_match=if_matches)
     def set_completion(self, user: str, pick: int, completed: bool | None, if_match: str) -> None:
-        account = self.acting(user, "toggle" if completed is None else "set_completion")
-        task_id = self.own_id(user, pick)
-        versions = self.versions(account, task_id, if_match)
-        call = partial(
-            self.call,
-            repository.set_completion,
-            user_id=user,
-            task_id=task_id,
-            completed=completed,
-            if_match=versions,
+        rule_name = "toggle" if completed is None else "set_completion"
+        account, task_id, versions, call = self.on_own_task(
+            user, pick, if_match, rule_name, repository.set_completion, completed=completed
         )
         if self.unchanged_or_stale(account, task_id, versions, call):
             return
@@ -510,11 +487,8 @@ class TaskMachine(RuleBasedStateMachine):
 
     @rule(user=users, pick=picks, if_match=if_matches)
     def delete(self, user: str, pick: int, if_match: str) -> None:
-        account = self.acting(user, "delete")
-        task_id = self.own_id(user, pick)
-        versions = self.versions(account, task_id, if_match)
-        call = partial(
-            self.call, repository.delete_task, user_id=user, task_id=task_id, if_match=versions
+        account, task_id, versions, call = self.on_own_task(
+            user, pick, if_match, "delete", repository.delete_task
         )
         if not self.unchanged_or_stale(account, task_id, versions, call):
             assert call() is True
@@ -529,6 +503,25 @@ class TaskMachine(RuleBasedStateMachine):
         assert deleted == len(doomed)
         for task_id in doomed:
             del account.tasks[task_id]
+
+    def on_own_task(
+        self,
+        user: str,
+        pick: int,
+        if_match: str,
+        rule_name: str,
+        operation: Callable[..., Any],
+        **arguments: Any,
+    ) -> tuple[Account, uuid.UUID, list[int] | None, Callable[[], Any]]:
+        """For a rule on one of the user's tasks: the acting account, the task picked, the
+        If-Match versions chosen, and the repository call on that task (not made yet)."""
+        account = self.acting(user, rule_name)
+        task_id = self.own_id(user, pick)
+        versions = self.versions(account, task_id, if_match)
+        call = partial(
+            self.call, operation, user_id=user, task_id=task_id, if_match=versions, **arguments
+        )
+        return account, task_id, versions, call
 
     def versions(self, account: Account, task_id: uuid.UUID, kind: str) -> list[int] | None:
         item = account.tasks.get(task_id)
