@@ -10,6 +10,9 @@ Steps (each printed as it runs):
 5. --large: grow to 1,000,000 tasks (one user with 100,000) and run get/list/list-deep again;
 6. --profile: py-spy on the API worker under one scenario's load;
 7. report to bench/results/, drop the database; exit 1 if any request failed (never on speed).
+
+--latency replaces steps 2-6: a delaying proxy (bench/delay.py) between the servers and the
+database, direct and through the benchmark's own PgBouncer, p50/p99 at 1 and 32 connections.
 """
 
 from __future__ import annotations
@@ -21,26 +24,39 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from bench import profile
+from bench import delay, profile
 from bench.database import BIG_USER, BenchDatabase, admin_url_from_env
+from bench.pooler import PgBouncer
 from bench.report import (
     RESULTS,
     Aggregate,
     Report,
     evaluate_targets,
     git_state,
+    latency_phase,
     machine_info,
     write,
 )
-from bench.servers import REPO, Server, api_env, clean_env, spawn, walk_cursors
+from bench.servers import (
+    READY_PATH,
+    REPO,
+    Server,
+    api_env,
+    clean_env,
+    request,
+    spawn,
+    walk_cursors,
+)
 from bench.wrk import WrkResult, WrkSettings, ensure_wrk, run_wrk
 
 SCENARIOS = ("get", "list", "create", "patch", "toggle", "mixed")
 LARGE_SCENARIOS = ("get", "list", "list-deep")
+LATENCY_SCENARIOS = ("get", "list", "create", "toggle")
 API, API_NO_METRICS, REFERENCE = "api", "api-nometrics", "reference"
 
 
@@ -61,20 +77,30 @@ class Plan:
     metrics_compare: bool
     profile: tuple[str, ...]
     keep_database: bool
+    delay_ms: float  # latency mode: one way, each direction (a round trip costs twice this)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
         smoke: bool = args.smoke
-        seconds = args.duration if args.duration is not None else (2.0 if smoke else 12.0)
+        latency: bool = args.latency
+        short = 2.0 if smoke else (5.0 if latency else 12.0)
+        seconds = args.duration if args.duration is not None else short
+        if smoke:
+            mode = "smoke"
+        elif latency:
+            mode = "latency"
+        else:
+            mode = "large" if args.large else "default"
         return cls(
-            mode="smoke" if smoke else ("large" if args.large else "default"),
+            mode=mode,
             users=20 if smoke else 1000,
             tasks_per_user=20 if smoke else 100,
             big_user_tasks=200 if smoke else 0,
             deep_pages=3 if smoke else 1000,
             seconds=seconds,
-            rounds=args.rounds if args.rounds is not None else (1 if smoke else 2),
-            warmup=1.0 if smoke else 3.0,
+            rounds=args.rounds if args.rounds is not None else (1 if smoke or latency else 2),
+            # latency: the warm-up before every measured run (same scenario and connections)
+            warmup=1.0 if smoke or latency else 3.0,
             memory_seconds=(
                 args.memory_duration
                 if args.memory_duration is not None
@@ -86,6 +112,7 @@ class Plan:
             metrics_compare=args.metrics_compare,
             profile=tuple(filter(None, (args.profile or "").split(","))),
             keep_database=args.keep_database,
+            delay_ms=args.delay_ms,
         )
 
 
@@ -108,7 +135,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile", metavar="SCENARIOS", help="py-spy the API under these scenarios (a,b,...)"
     )
     parser.add_argument("--keep-database", action="store_true", help="do not drop it at the end")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="p50/p99 with a network delay to the database, direct and through PgBouncer",
+    )
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=2.0,
+        help="--latency: delay ONE WAY, in each direction (default 2: 4 ms per round trip)",
+    )
+    args = parser.parse_args(argv)
+    if args.latency:
+        clash = [
+            flag
+            for flag, value in (
+                ("--smoke", args.smoke),
+                ("--large", args.large),
+                ("--metrics-compare", args.metrics_compare),
+                ("--profile", args.profile),
+            )
+            if value
+        ]
+        if clash:
+            parser.error(f"--latency cannot be combined with {', '.join(clash)}")
+    if args.delay_ms < 0:
+        parser.error("--delay-ms must be >= 0")
+    return args
 
 
 def say(message: str) -> None:
@@ -124,6 +178,19 @@ def cpu_layout() -> tuple[str | None, str | None, int]:
     return str(cpus[-1]), ",".join(map(str, wrk_cpus)), len(wrk_cpus)
 
 
+def helper_cpus() -> str | None:
+    """The delay proxy and PgBouncer (latency mode): every core but the servers' one."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return ",".join(map(str, cpus[:-1])) if len(cpus) >= 2 else None
+
+
+def _with_address(url: str, host: str, port: int) -> str:
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class Bench:
     def __init__(self, plan: Plan, workdir: Path) -> None:
         self.plan = plan
@@ -133,6 +200,7 @@ class Bench:
         self.wrk = WrkSettings(ensure_wrk(), plan.connections, threads, wrk_cpus, self.data_dir)
         self.db = BenchDatabase(admin_url_from_env())
         self.servers: list[Server] = []
+        self.helpers: list[delay.DelayProxy | PgBouncer] = []  # latency mode
         stamp = time.strftime("%Y%m%d-%H%M%S")
         pinning = (
             f"servers on cpu {self.server_cpus}, wrk on cpu {wrk_cpus} ({threads} thread)"
@@ -156,11 +224,15 @@ class Bench:
 
     # --- servers ---------------------------------------------------------------------------
 
-    def _start(self, name: str) -> Server:
+    def _start(
+        self, name: str, *, database_url: str | None = None, extra: dict[str, str] | None = None
+    ) -> Server:
+        url = database_url or self.db.url
         if name == REFERENCE:
-            env = clean_env() | {"DATABASE_URL": self.db.url}
+            env = clean_env() | {"DATABASE_URL": url}
         else:
-            env = api_env(self.db.url, metrics=name != API_NO_METRICS)
+            env = api_env(url, metrics=name != API_NO_METRICS)
+        env |= extra or {}
         server = spawn(
             name, "api" if name != REFERENCE else "reference", env,
             cpus=self.server_cpus, workdir=self.workdir,
@@ -182,9 +254,21 @@ class Bench:
 
     # --- load ------------------------------------------------------------------------------
 
-    def _wrk(self, server: Server, scenario: str, seconds: float) -> WrkResult:
+    def _wrk(
+        self,
+        server: Server,
+        scenario: str,
+        seconds: float,
+        *,
+        connections: int | None = None,
+        note: str = "",
+    ) -> WrkResult:
+        settings = self.wrk
+        if connections is not None and connections != settings.connections:
+            threads = min(settings.threads, connections)
+            settings = replace(settings, connections=connections, threads=threads)
         result = run_wrk(
-            self.wrk,
+            settings,
             target=server.name,
             base_url=server.base_url,
             scenario=scenario,
@@ -197,9 +281,10 @@ class Bench:
             if result.ok
             else f"  <-- {result.non2xx} non-2xx, {result.socket_errors} socket errors"
         )
+        conns = f"c{settings.connections:<3} " if connections is not None else ""
         say(
-            f"  {scenario:<9} {server.name:<11} {result.rps:9,.0f} req/s  "
-            f"p50 {result.p50_ms:6.1f} ms  p99 {result.p99_ms:6.1f} ms{flag}"
+            f"  {scenario:<9} {conns}{server.name:<11} {result.rps:9,.0f} req/s  "
+            f"p50 {result.p50_ms:6.1f} ms  p99 {result.p99_ms:6.1f} ms{note}{flag}"
         )
         return result
 
@@ -265,23 +350,153 @@ class Bench:
 
     # --- the whole run ---------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run_latency(self) -> None:
+        """Steps 2-6 of a latency run: a delay between the servers and the database."""
         plan, db = self.plan, self.db
-        self.report.machine = machine_info(db.server_version())
+        seconds_delay = plan.delay_ms / 1000
+        check = delay.self_check(seconds_delay)
+        say(
+            f"delay proxy self-check: round trip {check['round_trip_ms']['median']:.2f} ms "
+            f"(median) for {2 * plan.delay_ms:g} ms configured ({check['timer']})"
+        )
+        levels = sorted({1, plan.connections})
+        info: dict[str, Any] = {
+            "delay_ms_one_way": plan.delay_ms,
+            "round_trip_ms": 2 * plan.delay_ms,
+            "levels": levels,
+            "scenarios": list(LATENCY_SCENARIOS),
+            "warmup_s": plan.warmup,
+            "self_check": check,
+            "paths": {},
+        }
+        self.report.meta["latency"] = info
+        self.report.meta["connections"] = " and ".join(map(str, levels))
+        cpus = helper_cpus()
+        if cpus:
+            self.report.meta["pinning"] += f"; delay proxy and PgBouncer on cpu {cpus}"
+        address = urlsplit(db.url)
+        postgres = (address.hostname or "127.0.0.1", address.port or 5432)
+        bouncer = PgBouncer(*postgres)
+        self.helpers.append(bouncer)
+        bouncer.start(cpus=cpus)
+        say(f"PgBouncer (transaction mode) on port {bouncer.port} -> {postgres[0]}:{postgres[1]}")
+        paths = (
+            (
+                "direct",
+                postgres,
+                "session",
+                f"servers -> proxy (+{plan.delay_ms:g} ms each way) -> PostgreSQL; the API "
+                "with DB_POOL_MODE=session, the reference with asyncpg's statement cache on.",
+            ),
+            (
+                "pgbouncer",
+                ("127.0.0.1", bouncer.port),
+                "transaction",
+                f"servers -> proxy (+{plan.delay_ms:g} ms each way) -> PgBouncer "
+                "(pool_mode=transaction, default_pool_size=20, next to PostgreSQL, as Neon's "
+                "-pooler endpoints) -> PostgreSQL; both servers with DB_POOL_MODE=transaction "
+                "(no named prepared statements: asyncpg statement_cache_size=0).",
+            ),
+        )
+        for path, upstream, pool_mode, description in paths:
+            proxy = delay.DelayProxy(upstream, seconds_delay, self.workdir, f"delay-{path}")
+            self.helpers.append(proxy)
+            proxy.start(cpus=cpus)
+            url = _with_address(db.url, "127.0.0.1", proxy.port)
+            say(f"{path}: servers -> delay proxy :{proxy.port} -> {upstream[0]}:{upstream[1]}")
+            # Migrations (AUTO_MIGRATE, a no-op here) go straight to PostgreSQL, not the pooler.
+            api = self._start(
+                API,
+                database_url=url,
+                extra={"DB_POOL_MODE": pool_mode, "DATABASE_URL_DIRECT": db.url},
+            )
+            reference = self._start(REFERENCE, database_url=url, extra={"DB_POOL_MODE": pool_mode})
+            status, body = request(reference.port, "GET", READY_PATH)
+            cache = (body or {}).get("statement_cache_size")
+            if status != 200 or (pool_mode == "transaction") != (cache == 0):
+                raise RuntimeError(
+                    f"reference ignores DB_POOL_MODE={pool_mode}: statement_cache_size={cache}"
+                )
+            targets = [api, reference]
+            for server in targets:  # warm-up: every pooled connection opened
+                self._wrk(server, "mixed", 2.0, connections=plan.connections, note="  (warm-up)")
+            cpu_shares: list[dict[str, Any]] = []
+            for connections in levels:
+                phase = latency_phase(path, connections)
+                results: dict[str, dict[str, Aggregate]] = {}
+                for scenario in LATENCY_SCENARIOS:
+                    runs: dict[str, list[WrkResult]] = {server.name: [] for server in targets}
+                    for _ in range(plan.rounds):
+                        for server in targets:  # interleaved: A, B, A, B
+                            # The same load first, so idle pings (DB_PING_AFTER_IDLE) and
+                            # connection hand-over after the other server's run fall outside.
+                            self._wrk(
+                                server,
+                                scenario,
+                                plan.warmup,
+                                connections=connections,
+                                note="  (warm-up)",
+                            )
+                            cpu, started = proxy.cpu_seconds(), time.perf_counter()
+                            result = self._wrk(
+                                server, scenario, plan.seconds, connections=connections
+                            )
+                            share = (proxy.cpu_seconds() - cpu) / (time.perf_counter() - started)
+                            cpu_shares.append(
+                                {"phase": phase, "scenario": scenario, "server": server.name}
+                                | {"proxy_cpu": round(share, 3)}
+                            )
+                            runs[server.name].append(result)
+                    results[scenario] = {name: Aggregate.of(r) for name, r in runs.items()}
+                self.report.phases[phase] = results
+            for server in targets:
+                self._stop(server)
+            stats = proxy.stop()
+            self.helpers.remove(proxy)
+            info["paths"][path] = {
+                "description": description,
+                "upstream": f"{upstream[0]}:{upstream[1]}",
+                "pool_mode": pool_mode,
+                "reference_statement_cache_size": cache,
+                "proxy": stats,
+                "proxy_cpu_max": max(c["proxy_cpu"] for c in cpu_shares),
+                "proxy_cpu": cpu_shares,
+            }
+            late = stats.get("overshoot_us", {})
+            say(
+                f"{path}: proxy carried {stats.get('chunks', 0):,} chunks, late by "
+                f"{late.get('p50')} µs (p50) / {late.get('p99')} µs (p99)"
+            )
+        bouncer.stop()
+        self.helpers.remove(bouncer)
+
+    def prepare_database(self) -> int:
+        """Step 1: create, migrate, seed, sample; the number of tasks."""
+        plan, db = self.plan, self.db
         db.create()
         say(f"created database {db.name}")
         db.migrate(api_env(db.url, metrics=True), self.workdir)
-        total = plan.users * plan.tasks_per_user
-        db.seed(plan.users, total)
+        db.seed(plan.users, plan.users * plan.tasks_per_user)
         if plan.big_user_tasks:
             db.seed_big_user(plan.big_user_tasks)
         db.analyze()
         db.write_samples(self.data_dir)
-        tasks = db.count_tasks()
-        phase = "100k tasks" if tasks == 100_000 else f"{tasks:,} tasks"
         self.report.meta["data"] = f"{plan.users:,} users x {plan.tasks_per_user} tasks" + (
             f" + {BIG_USER} with {plan.big_user_tasks}" if plan.big_user_tasks else ""
         )
+        return db.count_tasks()
+
+    def run(self) -> None:
+        plan, db = self.plan, self.db
+        self.report.machine = machine_info(db.server_version())
+        tasks = self.prepare_database()
+        if plan.mode == "latency":
+            say(f"seeded {tasks:,} tasks; latency runs")
+            self.run_latency()
+            self.report.machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+            return
+        total = plan.users * plan.tasks_per_user
+        phase = "100k tasks" if tasks == 100_000 else f"{tasks:,} tasks"
         say(f"seeded {tasks:,} tasks; measuring start to ready")
         self.measure_startup()
 
@@ -323,6 +538,9 @@ class Bench:
         for server in list(self.servers):
             server.stop()
         self.servers.clear()
+        for helper in reversed(self.helpers):
+            helper.stop()
+        self.helpers.clear()
         if self.plan.keep_database:
             say(f"kept database {self.db.name} ({self.db.url})")
         else:
@@ -342,16 +560,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         for server in bench.servers:
             if failed:
                 print(f"--- last lines of {server.name}'s log ---\n{server.log()}", file=sys.stderr)
+        for helper in bench.helpers:
+            if failed:
+                name = type(helper).__name__
+                print(f"--- end of the {name}'s log ---\n{helper.log()}", file=sys.stderr)
         bench.close()
         if failed:
             print(f"bench: failed; server logs kept in {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     names = [API, API_NO_METRICS, REFERENCE] if plan.metrics_compare else [API, REFERENCE]
+    # Smoke reports (CI) go to results/smoke/, which results/.gitignore ignores.
     directory = RESULTS / "smoke" if plan.mode == "smoke" else RESULTS
-    path, markdown = write(bench.report, names, directory=directory)
+    suffix = "-latency" if plan.mode == "latency" else ""
+    path, markdown = write(bench.report, names, directory=directory, suffix=suffix)
     print(markdown)
-    say(f"report: {path.relative_to(REPO)} (+ .json, latest.md, latest.json)")
+    say(f"report: {path.relative_to(REPO)} (+ .json, latest{suffix}.md, latest{suffix}.json)")
     say(f"finished in {time.perf_counter() - started:.0f} s")
     failures = bench.report.failures
     if failures:

@@ -265,8 +265,13 @@ def render(report: Report, servers: list[str]) -> str:
         lines += ["## Profiles", ""]
         lines += [f"- {scenario}: `{path}`" for scenario, path in report.profile.items()]
         lines.append("")
+    lines += _errors(report)
+    return "\n".join(lines) + "\n"
+
+
+def _errors(report: Report) -> list[str]:
     failures = report.failures
-    lines += ["## Errors", ""]
+    lines = ["## Errors", ""]
     if failures:
         lines += [
             f"- {r.target} {r.scenario}: {r.non2xx} non-2xx (last status {r.last_bad_status}), "
@@ -277,6 +282,86 @@ def render(report: Report, servers: list[str]) -> str:
         lines.append(
             f"None: all {len(report.checks)} wrk runs had only 2xx answers and no socket errors."
         )
+    return lines
+
+
+def latency_phase(path: str, connections: int) -> str:
+    """The key of one (path, connections) pair in `Report.phases` (latency mode)."""
+    return f"{path}, {connections} connection{'' if connections == 1 else 's'}"
+
+
+LATENCY_PATHS = {
+    "direct": "Direct to PostgreSQL",
+    "pgbouncer": "Through PgBouncer (pool_mode=transaction)",
+}
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def render_latency(report: Report, servers: list[str]) -> str:
+    """Latency mode: p50/p99 per scenario and connection count, per path, API next to reference."""
+    meta, machine, info = report.meta, report.machine, report.meta["latency"]
+    api, reference = servers[0], servers[-1]
+    delay = info["delay_ms_one_way"]
+    check = info["self_check"]
+    lines = [
+        f"# todo-api latency benchmark — {meta['started']}",
+        "",
+        f"- mode: **latency**; **+{delay:g} ms each way** between the servers and the database "
+        f"(a delaying TCP proxy, `bench/delay.py`): {2 * delay:g} ms per database round trip",
+        f"- {meta['seconds']} s per run x {meta['rounds']} round(s), each after a "
+        f"{info['warmup_s']:g} s warm-up of the same load; servers interleaved "
+        f"({', '.join(servers)}); connections: {', '.join(map(str, info['levels']))}",
+        f"- code: {meta['git']}; data: {meta['data']}",
+        f"- machine: {machine['cpu_model']}, {machine['cores']} cores "
+        f"({meta['pinning']}); {machine['postgresql']}; Python {machine['python']}; "
+        f"load average {machine['load_average_at_start']} at start, "
+        f"{machine.get('load_average_at_end', '?')} at end",
+        f"- proxy self-check: round trip {check['round_trip_ms']['median']:.2f} ms median "
+        f"(min {check['round_trip_ms']['min']:.2f}) for {2 * delay:g} ms configured "
+        f"({check['timer']} wake-ups)",
+        "",
+        "Latencies in ms, HTTP request to response as wrk sees it. **API/ref**: the API's "
+        "latency over the reference's (1.00x = as fast, higher = slower). **API - ref**: the "
+        "API's extra milliseconds at the median; at 1 connection, divided by the round trip "
+        f"({2 * delay:g} ms), it is roughly the number of extra database round trips.",
+        "",
+    ]
+    for path, title in LATENCY_PATHS.items():
+        details = info["paths"].get(path)
+        if details is None:
+            continue
+        lines += [f"## {title}", "", details["description"], ""]
+        lines += [
+            "| scenario | conns | API p50 | API p99 | ref p50 | ref p99 | API/ref p50 "
+            "| API/ref p99 | API - ref p50 | API req/s | ref req/s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for scenario in info["scenarios"]:
+            for connections in info["levels"]:
+                by_server = report.phases.get(latency_phase(path, connections), {}).get(scenario)
+                if not by_server:
+                    continue
+                a, r = by_server[api], by_server[reference]
+                lines.append(
+                    f"| {scenario} | {connections} | {_ms(a.p50_ms)} | {_ms(a.p99_ms)} "
+                    f"| {_ms(r.p50_ms)} | {_ms(r.p99_ms)} | **{_ratio(a.p50_ms, r.p50_ms)}** "
+                    f"| {_ratio(a.p99_ms, r.p99_ms)} | {a.p50_ms - r.p50_ms:+.1f} "
+                    f"| {a.rps:,.0f} | {r.rps:,.0f} |"
+                )
+        proxy = details.get("proxy") or {}
+        late = proxy.get("overshoot_us", {})
+        lines += [
+            "",
+            f"Delay proxy: {proxy.get('connections', '?')} connections, "
+            f"{proxy.get('chunks', 0):,} chunks; each held {delay:g} ms plus "
+            f"{late.get('p50', '?')} µs (p50) / {late.get('p99', '?')} µs (p99) late; "
+            f"at most {100 * details.get('proxy_cpu_max', 0):.0f}% of a core during a run.",
+            "",
+        ]
+    lines += _errors(report)
     return "\n".join(lines) + "\n"
 
 
@@ -287,13 +372,19 @@ def to_json(report: Report) -> dict[str, Any]:
     return data
 
 
-def write(report: Report, servers: list[str], *, directory: Path = RESULTS) -> tuple[Path, str]:
+def write(
+    report: Report, servers: list[str], *, directory: Path = RESULTS, suffix: str = ""
+) -> tuple[Path, str]:
+    """`<stamp><suffix>.md/.json` and `latest<suffix>.md/.json` in `directory`.
+
+    The latency mode writes with suffix "-latency" (its own renderer, its own `latest`).
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    markdown = render(report, servers)
+    latency = report.meta.get("mode") == "latency"
+    markdown = render_latency(report, servers) if latency else render(report, servers)
     payload = json.dumps(to_json(report), indent=2, default=str) + "\n"
     stamp = report.meta["stamp"]
-    for name, text in ((f"{stamp}.md", markdown), (f"{stamp}.json", payload)):
-        (directory / name).write_text(text)
-    (directory / "latest.md").write_text(markdown)
-    (directory / "latest.json").write_text(payload)
-    return directory / f"{stamp}.md", markdown
+    for stem in (f"{stamp}{suffix}", f"latest{suffix}"):
+        (directory / f"{stem}.md").write_text(markdown)
+        (directory / f"{stem}.json").write_text(payload)
+    return directory / f"{stamp}{suffix}.md", markdown

@@ -29,6 +29,7 @@ _API_NAMES = {
     "AUTH_MODE",
     "ACCESS_LOG",
     "METRICS_ENABLED",
+    "CURSOR_SECRET",
 }
 
 
@@ -44,6 +45,8 @@ def api_env(database_url: str, *, metrics: bool) -> dict[str, str]:
     """Production settings, one worker, access log off (see bench/README.md)."""
     return clean_env() | {
         "APP_ENV": "production",
+        # Production refuses the built-in one; the benchmark's cursors need no secrecy.
+        "CURSOR_SECRET": "bench-cursor-secret-of-at-least-32-bytes",
         "DATABASE_URL": database_url,
         "AUTO_MIGRATE": "true",
         "AUTH_MODE": "none",

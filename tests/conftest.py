@@ -25,8 +25,8 @@ from support import (
     scratch_postgresql_database,
     settings_for,
 )
-from todo_api import migrate
-from todo_api.database import create_engine
+from todo_api.platform.database import migrate
+from todo_api.platform.database.engine import create_engine
 from todo_api.settings import Settings
 
 # `pgbouncer`: the same PostgreSQL database behind a real PgBouncer in transaction mode with

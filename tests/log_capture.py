@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from todo_api.logs import configure_logging
+from todo_api.platform.observability.logs import configure_logging
 from todo_api.settings import Settings
 
 _TUNED_LOGGERS = (

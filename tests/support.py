@@ -31,6 +31,8 @@ from todo_api.settings import Settings, load_settings
 DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PROBLEM = "application/problem+json"
+# Production refuses to start without a cursor secret of its own.
+PRODUCTION_CURSOR_SECRET = "test-cursor-secret-of-at-least-32-bytes"
 
 
 def admin_url() -> str:
@@ -53,6 +55,23 @@ async def admin_execute(statement: str) -> None:
         await connection.execute(statement)
     finally:
         await connection.close()
+
+
+async def terminate_backends(database: str) -> int:
+    """Kill every server connection to `database`, as a Neon compute suspending does; how many.
+
+    Returns as soon as PostgreSQL has signalled them: the backends are still on their way out.
+    """
+    admin = await asyncpg.connect(admin_dsn(), timeout=10)
+    try:
+        killed = await admin.fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database,
+        )
+    finally:
+        await admin.close()
+    return len(killed)
 
 
 @contextmanager

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from enum import Enum
 from types import TracebackType
-from typing import Any
+
+from background_loop import BackgroundLoop
 
 
 class Mode(Enum):
@@ -130,18 +130,15 @@ class ThreadedTcpProxy:
         loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
     ) -> None:
         self.proxy = TcpProxy(target_host, target_port)
-        self._loop = loop_factory()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="tcp-proxy", daemon=True
-        )
+        self._loop = BackgroundLoop("tcp-proxy", loop_factory)
 
     @property
     def port(self) -> int:
         return self.proxy.port
 
     def __enter__(self) -> ThreadedTcpProxy:
-        self._thread.start()
-        self._run(self.proxy.start())
+        self._loop.start()
+        self._loop.run(self.proxy.start())
         return self
 
     def __exit__(
@@ -150,12 +147,7 @@ class ThreadedTcpProxy:
         _value: BaseException | None,
         _traceback: TracebackType | None,
     ) -> None:
-        try:
-            self._run(self._shutdown())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop.close()
+        self._loop.stop(self.proxy.close)
 
     def cut(self) -> None:
         self._apply(self.proxy.cut)
@@ -169,19 +161,8 @@ class ThreadedTcpProxy:
     def restore(self) -> None:
         self._apply(self.proxy.restore)
 
-    async def _shutdown(self) -> None:
-        await self.proxy.close()
-        # The pipes of dropped connections end by themselves; stalled ones never would.
-        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
-
     def _apply(self, change: Callable[[], None]) -> None:
         async def apply() -> None:
             change()
 
-        self._run(apply())
-
-    def _run(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=30)
+        self._loop.run(apply())

@@ -32,8 +32,8 @@ from jwks_server import (
     hmac_token,
     unsigned_token,
 )
-from support import app_of, assert_problem, clean_env, free_port, running
-from todo_api.auth import TokenVerifier
+from support import PRODUCTION_CURSOR_SECRET, app_of, assert_problem, clean_env, free_port, running
+from todo_api.auth.tokens import TokenVerifier
 from todo_api.settings import AppEnv, ConfigError, Settings, load_settings
 
 SECRET = "better-auth-secret-" + "0123456789abcdef" * 3  # 67 bytes: HS256, HS384 and HS512
@@ -814,10 +814,12 @@ def test_defaults_by_environment() -> None:
     assert load_settings().auth_mode == "none"
     assert load_settings(app_env="test").auth_mode == "none"
     production = load_settings(app_env="production", database_url="sqlite:///x.db",
-                               auth_jwt_secret=SECRET)  # fmt: skip
+                               auth_jwt_secret=SECRET,
+                               cursor_secret=PRODUCTION_CURSOR_SECRET)  # fmt: skip
     assert production.auth_mode == "jwt" and production.auth_enabled
     explicit = load_settings(app_env="production", database_url="sqlite:///x.db",
-                             auth_mode="none")  # fmt: skip
+                             auth_mode="none",
+                             cursor_secret=PRODUCTION_CURSOR_SECRET)  # fmt: skip
     assert not explicit.auth_enabled
     assert load_settings(auth_mode="jwt", auth_jwks_url="https://a.test/api/auth/jwks").auth_enabled
 
@@ -838,7 +840,11 @@ def test_a_secret_shorter_than_32_bytes_is_refused_without_echoing_it() -> None:
 @pytest.mark.usefixtures("isolated")
 def test_production_without_a_key_source_fails_naming_the_variables() -> None:
     with pytest.raises(ConfigError) as caught:
-        load_settings(app_env="production", database_url="sqlite:///x.db")
+        load_settings(
+            app_env="production",
+            database_url="sqlite:///x.db",
+            cursor_secret=PRODUCTION_CURSOR_SECRET,
+        )
     lines = str(caught.value).splitlines()[1:]
     assert len(lines) == 1
     assert lines[0].startswith("  AUTH_MODE: jwt (the default when APP_ENV=production)")
@@ -849,7 +855,12 @@ def test_production_without_a_key_source_fails_naming_the_variables() -> None:
 @pytest.mark.usefixtures("isolated")
 def test_every_auth_problem_is_reported_with_the_others() -> None:
     with pytest.raises(ConfigError) as caught:
-        load_settings(app_env="production", auth_leeway_seconds=-1, auth_jwks_url="ftp://x")
+        load_settings(
+            app_env="production",
+            auth_leeway_seconds=-1,
+            auth_jwks_url="ftp://x",
+            cursor_secret=PRODUCTION_CURSOR_SECRET,
+        )
     named = sorted(line.split(":")[0].strip() for line in str(caught.value).splitlines()[1:])
     assert named == ["AUTH_JWKS_URL", "AUTH_LEEWAY_SECONDS", "DATABASE_URL"]
 
@@ -858,7 +869,11 @@ def test_the_cli_refuses_to_start_in_production_without_a_key_source(tmp_path: A
     result = subprocess.run(
         [sys.executable, "-m", "todo_api", "serve", "--port", str(free_port())],
         cwd=tmp_path,
-        env=clean_env(APP_ENV="production", DATABASE_URL=f"sqlite:///{tmp_path}/todo.db"),
+        env=clean_env(
+            APP_ENV="production",
+            CURSOR_SECRET=PRODUCTION_CURSOR_SECRET,
+            DATABASE_URL=f"sqlite:///{tmp_path}/todo.db",
+        ),
         capture_output=True,
         text=True,
         timeout=30,

@@ -31,7 +31,7 @@ import pytest
 
 from log_capture import captured_logs
 from support import PROBLEM, Server, create_task, running, served, settings_for
-from todo_api.repository import CONFLICT_ATTEMPTS
+from todo_api.platform.database.database import CONFLICT_ATTEMPTS
 
 pytestmark = pytest.mark.through_pooler
 
@@ -94,7 +94,7 @@ class ServerLog:
             for record in self.records()
             if record.get("request_id") == request_id
             and record["level"] == "WARNING"
-            and record["logger"] == "todo_api.repository"
+            and record["logger"] == "todo_api.database"
             and containing in record["message"]
         ]
 
@@ -188,7 +188,8 @@ def as_served(row: dict[str, Any]) -> dict[str, Any]:
 
 def as_parsed(body: dict[str, Any]) -> dict[str, Any]:
     """A task JSON body with its timestamps parsed, to compare with a stored row."""
-    return body | {key: datetime.fromisoformat(body[key]) for key in ("created_at", "updated_at")}
+    times = ("completed_at", "created_at", "updated_at")
+    return body | {key: datetime.fromisoformat(body[key]) for key in times if body[key] is not None}
 
 
 # --- creates ----------------------------------------------------------------------------------
@@ -552,7 +553,7 @@ async def test_a_real_deadlock_is_retried_inside_the_request(
     assert await stored_tasks(db, user) == {}
     retries = server_log.retries(request_id, DEADLOCK)
     assert len(retries) == 1, server_log.records()
-    assert retries[0]["logger"] == "todo_api.repository"
+    assert retries[0]["logger"] == "todo_api.database"
     server_log.assert_no_errors()
 
 

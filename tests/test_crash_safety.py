@@ -35,7 +35,9 @@ WRITERS = 16
 ACKED_BEFORE_KILL = 300
 LOAD_SECONDS = 2.0
 ACKED_AT_LEAST = 100
-TASK_COLUMNS = "id, user_id, title, description, completed, version, created_at, updated_at"
+TASK_COLUMNS = (
+    "id, user_id, title, description, completed, completed_at, version, created_at, updated_at"
+)
 
 Kind = Literal["create", "update", "toggle", "delete"]
 SUCCESS = {"create": 201, "update": 200, "toggle": 200, "delete": 204}
@@ -125,7 +127,8 @@ async def stored_tasks(db: Any) -> dict[str, State]:
 
 def as_stored(task: dict[str, Any]) -> State:
     """An API task as the database holds it (RFC 3339 strings to datetimes)."""
-    times = {name: datetime.fromisoformat(task[name]) for name in ("created_at", "updated_at")}
+    names = ("completed_at", "created_at", "updated_at")
+    times = {name: datetime.fromisoformat(task[name]) for name in names if task[name] is not None}
     return task | times
 
 
@@ -151,10 +154,12 @@ class Write:
 
 
 def expected_after(before: State, write: Write) -> State | None:
-    """The task once `write` applied to it, but for `updated_at` (the server's clock)."""
+    """The task once `write` applied to it, but for the times the server's clock sets."""
     if write.kind == "delete":
         return None
-    after = {name: value for name, value in before.items() if name != "updated_at"}
+    after = {
+        name: value for name, value in before.items() if name not in ("updated_at", "completed_at")
+    }
     after["version"] = before["version"] + 1
     if write.kind == "toggle":
         after["completed"] = not before["completed"]

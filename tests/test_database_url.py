@@ -12,7 +12,8 @@ from pathlib import Path
 import certifi
 import pytest
 
-from todo_api.database_url import DatabaseUrlError, parse_database_url
+from support import PRODUCTION_CURSOR_SECRET
+from todo_api.platform.database.url import DatabaseUrlError, parse_database_url
 from todo_api.settings import DEFAULT_SQLITE_URL, AppEnv, ConfigError, Settings, load_settings
 
 PASSWORD = "s3cr3t-pw-XYZ"
@@ -430,7 +431,12 @@ def test_production_rejects_a_blank_database_url(monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.usefixtures("isolated_settings")
 def test_production_accepts_a_postgres_url() -> None:
-    settings = load_settings(app_env="production", database_url=PG, auth_mode="none")
+    settings = load_settings(
+        app_env="production",
+        database_url=PG,
+        auth_mode="none",
+        cursor_secret=PRODUCTION_CURSOR_SECRET,
+    )
 
     assert settings.database.dialect == "postgresql"
 
@@ -476,6 +482,7 @@ def test_unknown_url_parameter_is_a_config_error_naming_it() -> None:
 def test_every_invalid_variable_is_named_in_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APP_ENV", "production")
     monkeypatch.setenv("AUTH_MODE", "none")  # else production also names its missing key source
+    monkeypatch.setenv("CURSOR_SECRET", PRODUCTION_CURSOR_SECRET)  # else it is named too
     monkeypatch.setenv("DB_POOL_SIZE", "abc")
     monkeypatch.setenv("LOG_LEVEL", "loud")
     monkeypatch.setenv("MAX_BODY_BYTES", "1")

@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from support import assert_problem
-from todo_api import __version__, migrate
+from todo_api import __version__
+from todo_api.platform.database import migrate
 
 pytestmark = pytest.mark.through_pooler
 

@@ -29,7 +29,7 @@ import asyncpg
 import uvloop
 from sqlalchemy.engine import make_url
 
-from support import IN_CI, PROBLEM, scratch_postgresql_database, served
+from support import IN_CI, PROBLEM, PRODUCTION_CURSOR_SECRET, scratch_postgresql_database, served
 from tcp_proxy import ThreadedTcpProxy
 from todo_api.settings import Settings
 
@@ -55,6 +55,7 @@ PAGE = 50
 SERVER_ENV = {
     # As the benchmark serves it: production settings, one worker, no access log.
     "APP_ENV": "production",
+    "CURSOR_SECRET": PRODUCTION_CURSOR_SECRET,
     "AUTH_MODE": "none",
     "ACCESS_LOG": "false",
     "AUTO_MIGRATE": "true",

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import running, served
+from support import PRODUCTION_CURSOR_SECRET, running, served
 from todo_api import __version__
-from todo_api.metrics import PoolStats, pool_stats
+from todo_api.platform.observability.metrics import PoolStats, pool_stats
 from todo_api.settings import Settings
 
 TASKS = "/api/{user_id}/tasks"
@@ -82,7 +82,7 @@ async def test_request_count_and_latency_by_method_route_template_and_status_cla
 async def test_pool_gauges_follow_checked_out_connections(settings: Settings, backend: str) -> None:
     tuned = settings.model_copy(update={"db_pool_size": 2, "db_max_overflow": 3})
     async with running(tuned) as client:
-        engine = client.app.state.engine  # type: ignore[attr-defined]
+        engine = client.app.state.database.engine  # type: ignore[attr-defined]
         idle = await scrape(client)
         expected_size = 2 if backend != "sqlite" else engine.pool.size()
         assert value(idle, "db_pool_size") == expected_size
@@ -115,7 +115,7 @@ async def test_a_pool_without_figures_is_left_out_not_faked() -> None:
     )
     async with running(settings) as client:
         text = await scrape(client)
-        stats = pool_stats(client.app.state.engine.pool)  # type: ignore[attr-defined]
+        stats = pool_stats(client.app.state.database.engine.pool)  # type: ignore[attr-defined]
     assert "db_pool_size" not in text
     assert stats == PoolStats(
         kind="StaticPool", size=None, checked_out=None, idle=None, overflow=None
@@ -168,6 +168,7 @@ def test_two_workers_report_the_totals_of_both(
         "--workers",
         "2",
         APP_ENV="production",  # JSON lines, parsed below
+        CURSOR_SECRET=PRODUCTION_CURSOR_SECRET,
         AUTH_MODE="none",
         DATABASE_URL=url,
         DB_POOL_SIZE="3",

@@ -28,9 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel
 
 from support import scratch_postgresql_database, settings_for
-from todo_api import migrate
-from todo_api.database import create_engine
-from todo_api.models import UTCDateTime
+from todo_api.platform.database import migrate
+from todo_api.platform.database.engine import create_engine
+from todo_api.platform.database.types import UTCDateTime
 from todo_api.settings import Settings
 
 HEAD = migrate.head_revision()

@@ -16,35 +16,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pgbouncer import PgBouncer
 from support import (
     admin_dsn,
-    admin_url,
     assert_problem,
     count_rows,
     running,
     settings_for,
+    terminate_backends,
     wait_for_lock_waiter,
 )
 from tcp_proxy import TcpProxy
-from todo_api.database import DatabaseUnavailable
+from todo_api.platform.database.errors import DatabaseUnavailable
 from todo_api.settings import Settings
 
 pytestmark = pytest.mark.through_pooler
 POSTGRES_BACKENDS = pytest.mark.parametrize("backend", ["postgresql", "pgbouncer"], indirect=True)
-
-
-async def terminate_backends(database: str) -> int:
-    """Kill every server connection to `database`, as a Neon compute suspending does."""
-    dsn = make_url(admin_url()).set(drivername="postgresql")
-    admin = await asyncpg.connect(dsn.render_as_string(hide_password=False))
-    try:
-        killed = await admin.fetch(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = $1 AND pid <> pg_backend_pid()",
-            database,
-        )
-    finally:
-        await admin.close()
-    await asyncio.sleep(0.05)  # let the terminations land
-    return len(killed)
 
 
 @POSTGRES_BACKENDS
@@ -54,6 +38,7 @@ async def test_request_after_every_connection_was_terminated_succeeds(
     created = await client.post("/api/alice/tasks", json={"title": "before"})
     assert created.status_code == 201
     assert await terminate_backends(str(settings.database.url.database)) >= 1
+    await asyncio.sleep(0.05)  # let the terminations land
 
     listing = await client.get("/api/alice/tasks")
     written = await client.post("/api/alice/tasks", json={"title": "after"})

@@ -16,7 +16,7 @@ from fastapi import Request
 from sqlalchemy.engine import make_url
 
 from log_capture import LogCapture, captured_logs
-from support import app_of, assert_problem, running, settings_for
+from support import PRODUCTION_CURSOR_SECRET, app_of, assert_problem, running, settings_for
 from todo_api.settings import Settings
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
@@ -132,7 +132,12 @@ async def test_console_format_is_readable_and_carries_the_request_id(
 
 
 def test_json_is_the_default_in_production_and_console_elsewhere() -> None:
-    production = Settings(app_env="production", database_url="postgresql://u@h/d", auth_mode="none")
+    production = Settings(
+        app_env="production",
+        database_url="postgresql://u@h/d",
+        auth_mode="none",
+        cursor_secret=PRODUCTION_CURSOR_SECRET,
+    )
     assert production.logs_as_json
     assert not Settings(app_env="development").logs_as_json
     assert Settings(app_env="development", log_format="json").logs_as_json
@@ -251,23 +256,29 @@ async def test_every_line_of_a_request_carries_its_id(
 async def test_database_error_is_logged_once_with_operation_sqlstate_and_request_id(
     client: httpx.AsyncClient, logs: LogCapture, backend: str
 ) -> None:
-    async def bad_sql(request: Request) -> None:
-        async with request.app.state.engine.connect() as connection:
-            await connection.execute(sa.text("SELECT no_such_column FROM tasks"))
-
-    app_of(client).add_api_route("/bad-sql", bad_sql)
+    app_of(client).add_api_route("/bad-sql", _bad_sql)
     response = await client.get("/bad-sql", headers={"X-Request-ID": "bad-sql"})
 
-    assert response.status_code >= 500
+    # A bug, not an outage: 500, and nothing tells the client to retry.
+    assert response.status_code == 500
+    assert "retry-after" not in response.headers
     assert response.json()["request_id"] == "bad-sql"
     problems = [r for r in logs.of_request("bad-sql") if r["logger"] != "todo_api.access"]
     assert len(problems) == 1, logs.text()
     [line] = problems
     assert line["operation"] == "GET /bad-sql"
     assert "no_such_column" in line["traceback"]
-    # PostgreSQL names the error (42703: undefined column); SQLite has no SQLSTATE.
-    assert line["sqlstate"] == (None if backend == "sqlite" else "42703")
+    assert line["level"] == "ERROR"
+    # PostgreSQL names the error (42703: undefined column); SQLite its result code.
+    assert line["sqlstate"] == ("SQLITE_ERROR" if backend == "sqlite" else "42703")
     assert f"SQLSTATE {line['sqlstate']}" in line["message"]
+
+
+async def _bad_sql(request: Request) -> None:
+    """A route with a programming error in its SQL, run the way every query runs."""
+    await request.app.state.database.rows(
+        sa.text("SELECT no_such_column FROM tasks"), idempotent=True
+    )
 
 
 # --- credentials ----------------------------------------------------------------------------------
@@ -282,20 +293,20 @@ async def test_password_never_logged_even_with_sqlalchemy_debug_logging(
 
     with captured_logs(settings, log_level="DEBUG") as logs:
         async with running(settings) as client:
-
-            async def bad_sql(request: Request) -> None:
-                async with request.app.state.sessions() as session:
-                    await session.execute(sa.text("SELECT no_such_column FROM tasks"))
-
-            app_of(client).add_api_route("/bad-sql", bad_sql)
+            app_of(client).add_api_route("/bad-sql", _bad_sql)
             await create_task(client)
             await client.get("/api/alice/tasks")
-            await client.get("/bad-sql")
+            failed = await client.get("/bad-sql", headers={"X-Request-ID": "bad-sql"})
             ready = await client.get("/health/ready")
     assert ready.status_code == 200
+    assert failed.status_code == 500
     text = logs.text()
-    # SQLAlchemy's debug logging was really on (statements, pool checkouts) ...
-    assert any(r["logger"].startswith("sqlalchemy.engine") for r in logs.records())
+    # Debug logging was really on (statements, pool checkouts) ...
+    assert any(r["logger"] == "todo_api.sql" for r in logs.records())
     assert any(r["logger"].startswith("sqlalchemy.pool") for r in logs.records())
+    # ... a real database error was logged, with its traceback ...
+    [error] = [r for r in logs.of_request("bad-sql") if r["level"] == "ERROR"]
+    assert error["sqlstate"] == "42703"
+    assert "no_such_column" in error["traceback"]
     # ... and the password appears nowhere: not in connection lines, errors or tracebacks.
     assert PASSWORD not in text

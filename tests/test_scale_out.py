@@ -11,8 +11,8 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from support import admin_execute, admin_url, served
-from todo_api import migrate
+from support import PRODUCTION_CURSOR_SECRET, admin_execute, admin_url, served
+from todo_api.platform.database import migrate
 
 HEAD = migrate.head_revision()
 
@@ -31,6 +31,7 @@ def test_two_processes_started_together_migrate_once_and_share_all_state(
 ) -> None:
     env = {
         "APP_ENV": "production",
+        "CURSOR_SECRET": PRODUCTION_CURSOR_SECRET,
         "DATABASE_URL": empty_database,
         "AUTO_MIGRATE": "true",
         "AUTH_MODE": "none",  # explicit: production requires tokens by default

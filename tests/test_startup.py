@@ -18,8 +18,8 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from support import clean_env, free_port
-from todo_api import migrate
+from support import PRODUCTION_CURSOR_SECRET, clean_env, free_port
+from todo_api.platform.database import migrate
 
 PASSWORD = "s3cr3t-pw-XYZ"
 EXPECTED_POSTGRES_FORM = "postgresql://USER:PASSWORD@HOST:5432/DBNAME"
@@ -58,7 +58,9 @@ def config_error_lines(output: str) -> list[str]:
 
 def test_production_without_database_url_exits_naming_database_url(tmp_path: Path) -> None:
     # AUTH_MODE=none: production's default (jwt) would also name the missing key source.
-    result = run_serve(tmp_path, APP_ENV="production", AUTH_MODE="none")
+    result = run_serve(
+        tmp_path, APP_ENV="production", AUTH_MODE="none", CURSOR_SECRET=PRODUCTION_CURSOR_SECRET
+    )
 
     assert result.returncode == CONFIG_ERROR_EXIT, result.stdout
     assert [line.split(":")[0] for line in config_error_lines(result.stdout)] == ["DATABASE_URL"]
@@ -69,7 +71,12 @@ def test_production_without_database_url_exits_naming_database_url(tmp_path: Pat
 
 def test_every_invalid_variable_is_named_in_one_message(tmp_path: Path) -> None:
     result = run_serve(
-        tmp_path, APP_ENV="production", AUTH_MODE="none", DB_POOL_SIZE="abc", LOG_LEVEL="loud"
+        tmp_path,
+        APP_ENV="production",
+        AUTH_MODE="none",
+        CURSOR_SECRET=PRODUCTION_CURSOR_SECRET,
+        DB_POOL_SIZE="abc",
+        LOG_LEVEL="loud",
     )
 
     assert result.returncode == CONFIG_ERROR_EXIT, result.stdout

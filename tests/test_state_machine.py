@@ -52,11 +52,14 @@ from hypothesis.stateful import (
 )
 
 from support import IN_CI
-from todo_api import repository
-from todo_api.database import create_engine
-from todo_api.models import TaskCreate, TaskRead, TaskUpdate
-from todo_api.pagination import Cursor, Sort, TaskFilter
+from todo_api.platform.database.engine import open_database
+from todo_api.platform.http.cursor import Cursor
 from todo_api.settings import Settings
+from todo_api.tasks import repository
+from todo_api.tasks.errors import IdempotencyKeyReused, StaleVersion
+from todo_api.tasks.filters import TaskFilter
+from todo_api.tasks.schemas import TaskCreate, TaskRead, TaskUpdate
+from todo_api.tasks.sorting import TaskSort, TaskSortField, parse_sort
 
 T = TypeVar("T")
 
@@ -70,7 +73,7 @@ IDEMPOTENCY_KEYS = ("k1", "k2", "%_", "Ab-9~!")
 LONG_TTL = timedelta(hours=24)
 CURSOR_SECRET = b"state-machine-secret"
 SORTS = tuple(
-    Sort.parse(name)
+    parse_sort(name)
     for name in ("created_at", "-created_at", "updated_at", "-updated_at", "title", "-title")
 )
 INVARIANT_PAGE = 7
@@ -257,7 +260,8 @@ class TaskMachine(RuleBasedStateMachine):
         tally.examples += 1
         # Hypothesis drives the machine synchronously: one event loop for this example's engine.
         self.runner = asyncio.Runner()
-        self.engine = create_engine(app_settings)
+        self.database = open_database(app_settings)
+        self.engine = self.database.engine
         self.accounts = {user: Account() for user in USERS}
         self.acted: set[str] = set()  # who acted in this step
         self.seen: dict[str, list[Item]] = {user: [] for user in USERS}
@@ -265,7 +269,7 @@ class TaskMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
-            self.run(self.engine.dispose())
+            self.run(self.database.dispose())
         finally:
             self.runner.close()
 
@@ -279,7 +283,7 @@ class TaskMachine(RuleBasedStateMachine):
 
     def call(self, function: Callable[..., Awaitable[T]], **kwargs: Any) -> T:
         """One repository call, as one request would make it."""
-        return self.run(function(self.engine, **kwargs))
+        return self.run(function(self.database, **kwargs))
 
     async def _empty(self) -> None:
         async with self.engine.begin() as connection:
@@ -332,7 +336,7 @@ class TaskMachine(RuleBasedStateMachine):
             return True
         if _applies(if_match, before.version):
             return False
-        with pytest.raises(repository.StaleVersion) as stale:
+        with pytest.raises(StaleVersion) as stale:
             call()
         assert Item.of(stale.value.current) == before
         self.tally.outcomes["stale"] += 1
@@ -440,7 +444,7 @@ class TaskMachine(RuleBasedStateMachine):
                 assert Item.of(task) == stored.response
                 self.tally.outcomes["replayed"] += 1
             else:
-                with pytest.raises(repository.IdempotencyKeyReused):
+                with pytest.raises(IdempotencyKeyReused):
                     call()
                 self.tally.outcomes["key reused"] += 1
             return  # nothing changed (expired keys may or may not have been cleaned up)
@@ -582,7 +586,7 @@ class TaskMachine(RuleBasedStateMachine):
     def list_filtered(
         self,
         user: str,
-        sort: Sort,
+        sort: TaskSort,
         completed: bool | None,
         q: str | None,
         since: tuple[int, int] | None,
@@ -611,7 +615,7 @@ class TaskMachine(RuleBasedStateMachine):
         body=bodies,
     )
     def list_while_changing(
-        self, user: str, sort: Sort, limit: int, change: str, pick: int, body: TaskCreate
+        self, user: str, sort: TaskSort, limit: int, change: str, pick: int, body: TaskCreate
     ) -> None:
         """A task is created, toggled or deleted between the first page and the rest: the rest
         is exactly the tasks then positioned after the cursor (keyset, not offset)."""
@@ -637,7 +641,7 @@ class TaskMachine(RuleBasedStateMachine):
     def walk(
         self,
         user: str,
-        sort: Sort,
+        sort: TaskSort,
         filters: TaskFilter,
         limit: int,
         *,
@@ -648,7 +652,7 @@ class TaskMachine(RuleBasedStateMachine):
         account = self.accounts[user]
         expected = self.ordered(account, sort, filters)
         listed: list[Item] = []
-        after: Cursor | None = None
+        after: Cursor[TaskSortField] | None = None
         pages = 0
         while True:
             page = self.call(
@@ -672,8 +676,8 @@ class TaskMachine(RuleBasedStateMachine):
             assert len(expected) > limit
             # Through the wire format, as a client would send it back.
             token = page.next_cursor.encode(CURSOR_SECRET)
-            after = Cursor.decode(token, CURSOR_SECRET, sort=sort, filters=filters)
-            assert (after.key, after.id) == (getattr(items[-1], sort.field), items[-1].id)
+            after = Cursor.decode(token, CURSOR_SECRET, sort=sort, scope=filters.fingerprint())
+            assert (after.key, after.id) == (getattr(items[-1], sort.name), items[-1].id)
             if between_pages is not None:
                 between_pages()
                 between_pages = None
@@ -682,13 +686,17 @@ class TaskMachine(RuleBasedStateMachine):
         return listed
 
     def ordered(
-        self, account: Account, sort: Sort, filters: TaskFilter, after: Cursor | None = None
+        self,
+        account: Account,
+        sort: TaskSort,
+        filters: TaskFilter,
+        after: Cursor[TaskSortField] | None = None,
     ) -> list[Item]:
         """The model's tasks matching `filters`, in `sort` order (ties by id, as the keyset),
         only those after the cursor's position."""
         items = [item for item in account.tasks.values() if _matches(item, filters)]
         rank: dict[str, int] = {}
-        if sort.field == "title":
+        if sort.name == "title":
             extra = {after.key} if after is not None and isinstance(after.key, str) else set()
             rank = self.collation_ranks({item.title for item in items} | extra)
 
@@ -696,7 +704,7 @@ class TaskMachine(RuleBasedStateMachine):
             return (rank[key] if isinstance(key, str) else key), task_id
 
         def key(item: Item) -> tuple[Any, uuid.UUID]:
-            return position(getattr(item, sort.field), item.id)
+            return position(getattr(item, sort.name), item.id)
 
         items.sort(key=key, reverse=sort.descending)
         if after is not None:
@@ -731,7 +739,7 @@ class TaskMachine(RuleBasedStateMachine):
             account = self.accounts[user]
             pages, stats = observed.pages[user], observed.stats[user]
             listed = [item for page in pages for item in page]
-            assert listed == self.ordered(account, Sort.parse("-created_at"), TaskFilter())
+            assert listed == self.ordered(account, parse_sort("-created_at"), TaskFilter())
             assert all(len(page) == INVARIANT_PAGE for page in pages[:-1])
             assert 0 < len(pages[-1]) <= INVARIANT_PAGE or len(pages) == 1
             if user not in self.acted:
@@ -757,17 +765,17 @@ class TaskMachine(RuleBasedStateMachine):
         observation = Observation()
         for user in USERS:
             observation.pages[user] = pages = []
-            after: Cursor | None = None
+            after: Cursor[TaskSortField] | None = None
             while True:
                 page = await repository.list_tasks(
-                    self.engine, user_id=user, limit=INVARIANT_PAGE, after=after
+                    self.database, user_id=user, limit=INVARIANT_PAGE, after=after
                 )
                 pages.append([Item.of(task) for task in page.items])
                 if page.next_cursor is None:
                     break
                 after = page.next_cursor
                 assert len(pages) <= len(self.accounts[user].tasks), "the cursors go round"
-            observation.stats[user] = await repository.task_stats(self.engine, user_id=user)
+            observation.stats[user] = await repository.task_stats(self.database, user_id=user)
         async with self.engine.connect() as connection:
             for row in await connection.execute(sa.text("SELECT id, email FROM users")):
                 observation.users[row.id] = row.email

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from support import assert_problem, count_rows, running, stored_task
-from todo_api.pagination import ALLOWED_SORTS
 from todo_api.settings import Settings
+from todo_api.tasks.sorting import ALLOWED_SORTS
 
 pytestmark = pytest.mark.through_pooler
 

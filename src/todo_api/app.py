@@ -10,17 +10,22 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 
-from todo_api import __version__, migrate
-from todo_api.api import health, operation_id, tasks
-from todo_api.api.docs import install_docs
-from todo_api.auth import TokenVerifier
-from todo_api.database import create_engine
-from todo_api.metrics import Metrics, install_metrics
-from todo_api.observability import Observability
-from todo_api.problems import Problem, install_problem_handlers
-from todo_api.request_guard import RequestGuard
+from todo_api import __version__
+from todo_api.auth.tokens import TokenVerifier
+from todo_api.platform.database import migrate
+from todo_api.platform.database.engine import open_database
+from todo_api.platform.http import health
+from todo_api.platform.http.docs import install_docs
+from todo_api.platform.http.operation_ids import operation_id
+from todo_api.platform.http.problems import Problem, install_problem_handlers
+from todo_api.platform.http.request_guard import RequestGuard
+from todo_api.platform.observability.metrics import Metrics, install_metrics
+from todo_api.platform.observability.middleware import Observability
 from todo_api.settings import Settings, load_settings
+from todo_api.tasks import router as tasks
+from todo_api.tasks.schemas import READ_ONLY_FIELDS as TASK_READ_ONLY_FIELDS
 
 log = logging.getLogger("todo_api")
 
@@ -47,17 +52,17 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
             log.info(
                 "transaction-mode pooler: prepared statements are not reused (about 6%% slower)"
             )
-        engine = create_engine(settings)
+        database = open_database(settings)
         try:
-            revision = await migrate.prepare_database(settings, engine)
+            revision = await migrate.prepare_database(settings, database.engine)
         except Exception:
-            await engine.dispose()
+            await database.dispose()
             raise
-        app.state.engine = engine
+        app.state.database = database
         if verifier is not None:
             await verifier.start()  # warms the JWKS cache; a failure is logged, not fatal
         if metrics is not None:
-            metrics.bind_engine(engine)
+            metrics.bind_database(database)
         if serving:
             # What start-up built (modules, schemas, pydantic's and SQLAlchemy's caches: about
             # 140,000 objects) lives as long as the process. Frozen, the garbage collector stops
@@ -77,7 +82,7 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
         finally:
             if verifier is not None:
                 await verifier.aclose()
-            await engine.dispose()
+            await database.dispose()
             if metrics is not None:
                 metrics.close()
 
@@ -95,23 +100,28 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
     app.state.started_at = time.monotonic()
     # One verifier per app (its JWKS cache is shared by every request); None: an open API.
     app.state.token_verifier = TokenVerifier(settings) if settings.auth_enabled else None
-    install_problem_handlers(app)
+    # Server-set fields of every domain: named as read-only when a body contains them.
+    install_problem_handlers(app, read_only_fields=TASK_READ_ONLY_FIELDS)
     # Routes are matched in list order, so the task routes go first, and they join the app's
     # own list instead of being included: FastAPI matches an included router's routes a second
     # time on every request (~15 µs of a ~350 µs get). No other path overlaps /api/.
     app.router.routes[:0] = tasks.router.routes
     app.include_router(health.router)
-    app.add_middleware(RequestGuard, max_bytes=settings.max_body_bytes)
     if metrics is not None:
         install_metrics(app, metrics)
-    # Added last, so outermost: it sees every response, the body guard's included.
-    app.add_middleware(
-        Observability,
-        routes=app.router.routes,
-        metrics=metrics,
-        access_log=settings.access_log,
-        access_log_probes=settings.access_log_health,
-    )
+    # Outermost first. Observability sees every response, the body guard's refusals included.
+    middleware = [
+        Middleware(
+            Observability,
+            routes=app.router.routes,
+            metrics=metrics,
+            access_log=settings.access_log,
+            access_log_probes=settings.access_log_health,
+        ),
+        Middleware(RequestGuard, max_bytes=settings.max_body_bytes),
+    ]
+    for layer in reversed(middleware):  # add_middleware puts each outside the previous ones
+        app.add_middleware(layer.cls, *layer.args, **layer.kwargs)
     _complete_openapi(app, auth_enabled=settings.auth_enabled)
     return app
 

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlmodel import SQLModel
 
-from todo_api import migrate
-from todo_api import models as _models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from todo_api.database import DatabaseUnavailable, create_engine, verify_database
-from todo_api.database_url import DatabaseTarget
-from todo_api.logs import configure_logging
+from todo_api import tables as _tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+from todo_api.platform.database import migrate
+from todo_api.platform.database.engine import create_engine, verify_database
+from todo_api.platform.database.errors import DatabaseUnavailable
+from todo_api.platform.database.url import DatabaseTarget
+from todo_api.platform.observability.logs import configure_logging
 from todo_api.settings import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:

@@ -13,9 +13,15 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from todo_api.database_url import DatabaseTarget, DatabaseUrlError, parse_database_url
+from todo_api.platform.database.url import DatabaseTarget, DatabaseUrlError, parse_database_url
 
 DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./todo.db"
+
+
+# Development's built-in cursor secret, and the placeholder in .env.example: refused in
+# production.
+DEFAULT_CURSOR_SECRET = "todo-api-default-cursor-secret"
+EXAMPLE_CURSOR_SECRET = "change-me-to-a-long-random-string"
 
 
 class AppEnv(StrEnum):
@@ -52,8 +58,6 @@ class Settings(BaseSettings):
     db_pool_timeout: float = Field(default=10.0, gt=0, le=300)
     db_connect_timeout: float = Field(default=10.0, gt=0, le=300)
     db_pool_recycle: int = Field(default=240, ge=1)
-    # Ping a pooled connection before use when it sat idle this long (seconds).
-    db_ping_after_idle: float = Field(default=5.0, ge=0, le=3600)
     db_statement_timeout: float = Field(default=30.0, gt=0, le=3600)
     # Start-up retries (backoff with jitter) this long: a suspended Neon compute wakes slowly.
     db_connect_deadline: float = Field(default=30.0, ge=0, le=600)
@@ -72,8 +76,10 @@ class Settings(BaseSettings):
     metrics_enabled: bool = True
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=10 * 1024 * 1024)
     # Signs pagination cursors so edited ones are refused. Every replica needs the same value;
-    # set your own in production so cursors cannot be forged by someone who reads this code.
-    cursor_secret: SecretStr = SecretStr("todo-api-default-cursor-secret")
+    # production refuses to start without one of its own (see _cursor_secret_chosen).
+    cursor_secret: SecretStr = Field(
+        default=SecretStr(DEFAULT_CURSOR_SECRET), validate_default=True, repr=False
+    )
     # How long an Idempotency-Key is remembered.
     idempotency_ttl_hours: float = Field(default=24, gt=0, le=24 * 30)
     # Seconds in-flight requests get to finish after SIGTERM (stragglers are then cancelled).
@@ -126,6 +132,23 @@ class Settings(BaseSettings):
             raise ValueError(
                 "must be at least 32 bytes (generate one with `openssl rand -base64 32`)"
             )
+        return value
+
+    @field_validator("cursor_secret")
+    @classmethod
+    def _cursor_secret_chosen(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        # With a secret anyone can read (this code, .env.example), signing is decorative:
+        # a forged cursor could walk any key range of the caller's own tasks.
+        if info.data.get("app_env") is not AppEnv.production:
+            return value
+        secret = value.get_secret_value()
+        if secret in (DEFAULT_CURSOR_SECRET, EXAMPLE_CURSOR_SECRET) or not secret.strip():
+            raise ValueError(
+                "must be set to a secret of your own when APP_ENV=production "
+                "(generate one with `openssl rand -base64 32`)"
+            )
+        if len(secret.encode()) < 32:
+            raise ValueError("must be at least 32 bytes (`openssl rand -base64 32`)")
         return value
 
     @field_validator("auth_jwks_url")

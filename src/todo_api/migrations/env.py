@@ -13,8 +13,9 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
-from todo_api import migrate, models  # noqa: F401  (registers the tables on the metadata)
-from todo_api.database import create_engine
+from todo_api import tables  # noqa: F401  (registers the tables on the metadata)
+from todo_api.platform.database import migrate
+from todo_api.platform.database.engine import create_engine
 from todo_api.settings import load_settings
 
 target_metadata = SQLModel.metadata

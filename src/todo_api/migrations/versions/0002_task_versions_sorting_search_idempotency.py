@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from todo_api.models import UTCDateTime
+from todo_api.platform.database.types import UTCDateTime
 
 revision: str = "0002"
 down_revision: str | None = "0001"

@@ -1,0 +1,111 @@
+"""Apply and inspect Alembic migrations from async code.
+
+Alembic is synchronous; it runs on an async connection through `run_sync` (Alembic's
+"connection sharing" recipe), so the app and the CLI use the same engine code as requests.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from todo_api.platform.database.engine import create_engine, is_unavailable, wait_for_database
+from todo_api.platform.database.errors import DatabaseUnavailable, describe_error
+from todo_api.settings import Settings
+
+log = logging.getLogger("todo_api.migrate")
+
+# The app's migrations (todo_api/migrations), beside the tables they create.
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# Arbitrary but fixed: every replica must take the same PostgreSQL advisory lock.
+MIGRATION_LOCK_KEY = 0x70D0_A71
+
+
+def include_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """What autogenerate compares: not the PostgreSQL-only trigram indexes (migration 0002),
+    which the dialect-neutral metadata does not describe."""
+    return not (type_ == "index" and name is not None and name.endswith("_trgm"))
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+@functools.cache
+def head_revision() -> str | None:
+    # Reads every migration file: once per process, not on every readiness probe.
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+async def upgrade(engine: AsyncEngine) -> tuple[str | None, str | None]:
+    """Upgrade to head; returns (revision before, revision after). A no-op when up to date.
+
+    On PostgreSQL a transaction-scoped advisory lock serialises replicas that start together:
+    the second waits, then finds the schema current and does nothing.
+    """
+    async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            await connection.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
+        before = await current_revision(connection)
+        if before != head_revision():
+            await connection.run_sync(_upgrade_to_head)
+        return before, await current_revision(connection)
+
+
+def _upgrade_to_head(connection: Connection) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def current_revision(connection: AsyncConnection) -> str | None:
+    return await connection.run_sync(
+        lambda sync: MigrationContext.configure(sync).get_current_revision()
+    )
+
+
+async def prepare_database(settings: Settings, engine: AsyncEngine) -> str | None:
+    """Start-up: wait for the database (bounded retries), then apply pending migrations.
+
+    Migrations use DATABASE_URL_DIRECT when set: advisory locks and DDL need a real session,
+    not a transaction-pooled one. Returns the schema revision when it was checked.
+    """
+    deadline = settings.db_connect_deadline
+    await wait_for_database(engine, settings.database, deadline_seconds=deadline)
+    if not settings.auto_migrate:
+        return None
+    target = settings.database_direct
+    # Without a separate direct URL the app's own engine will do (and an in-memory SQLite
+    # database exists only inside that engine's one connection).
+    direct = create_engine(settings, direct=True) if settings.database_url_direct else engine
+    try:
+        if direct is not engine:
+            await wait_for_database(direct, target, deadline_seconds=deadline)
+        before, after = await upgrade(direct)
+    except Exception as error:
+        if is_unavailable(error):
+            raise DatabaseUnavailable(
+                f"cannot migrate {target.describe()}: {describe_error(error)}"
+            ) from error
+        raise
+    finally:
+        if direct is not engine:
+            await direct.dispose()
+    if before != after:
+        log.info("migrated database schema from %s to %s", before or "empty", after)
+    return after

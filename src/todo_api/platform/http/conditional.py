@@ -1,0 +1,74 @@
+"""ETags and the If-Match / If-None-Match headers (RFC 9110 §13).
+
+A task's ETag is its version in quotes (`"3"`). If-Match uses strong comparison (a weak tag
+never matches); If-None-Match uses weak comparison.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Protocol
+
+from fastapi import Header
+
+from todo_api.platform.http.problems import BadRequest
+
+_ENTITY_TAG = re.compile(r'\s*(W/)?"([^"]*)"\s*')
+_VERSION = re.compile(r"[0-9]{1,9}")
+
+IfMatchHeader = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description='Only change the task if its ETag is one of these (e.g. `"3"`); else 412.',
+    ),
+]
+IfNoneMatchHeader = Annotated[
+    str | None,
+    Header(
+        alias="If-None-Match",
+        description="Answer 304 without a body if the task's ETag is one of these.",
+    ),
+]
+
+
+class Versioned(Protocol):
+    """Anything with a version counter (a task today; lists and labels next)."""
+
+    @property
+    def version(self) -> int: ...
+
+
+def etag(resource: Versioned) -> str:
+    return f'"{resource.version}"'
+
+
+def _tags(header: str) -> list[tuple[bool, str]]:
+    """(weak, opaque tag) for each entity tag in a header value."""
+    tags = []
+    for part in header.split(","):
+        match = _ENTITY_TAG.fullmatch(part)
+        if match is None:
+            raise BadRequest(
+                f'malformed entity tag {part.strip()[:40]!r}: use quoted ETags such as "3" or *'
+            )
+        tags.append((match.group(1) is not None, match.group(2)))
+    return tags
+
+
+def if_match_versions(header: str | None) -> list[int] | None:
+    """The versions If-Match allows; None when any version will do (absent or `*`)."""
+    if header is None or header.strip() == "*":
+        return None
+    # Strong comparison: weak tags never match; nor do tags this service never issued.
+    # Versions are int4 in the database: a longer number cannot match and must not reach SQL.
+    return [int(tag) for weak, tag in _tags(header) if not weak and _VERSION.fullmatch(tag)]
+
+
+def none_match(header: str | None, resource: Versioned) -> bool:
+    """True when If-None-Match matches the resource's current ETag (answer 304)."""
+    if header is None:
+        return False
+    if header.strip() == "*":
+        return True
+    return any(tag == str(resource.version) for _weak, tag in _tags(header))

@@ -1,0 +1,29 @@
+"""`users`: one row per identity-provider user, created on the user's first write."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from todo_api.platform.database.types import UTCDateTime
+
+USER_ID_MAX = 128
+# Ids come from an identity provider: any printable characters, no whitespace or controls.
+USER_ID_PATTERN = r"^[^\s\x00-\x1f\x7f]{1,128}$"
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+    __table_args__ = (sa.CheckConstraint("length(id) BETWEEN 1 AND 128", name="id_length"),)
+
+    id: str = Field(sa_column=sa.Column(sa.String(USER_ID_MAX), primary_key=True))
+    email: str | None = Field(
+        default=None, sa_column=sa.Column(sa.String(320), unique=True, nullable=True)
+    )
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime, nullable=False))
+
+
+# The Core table, for statements (SQLModel does not type `__table__`).
+users: sa.Table = User.__table__  # type: ignore[attr-defined]
