@@ -158,7 +158,9 @@ class _PostgresSession:
 
 
 async def _driver(connection: AsyncConnection) -> asyncpg.Connection:
-    pooled = await connection.get_raw_connection()
+    # The checked-out connection, through public attributes: `get_raw_connection()` would
+    # cost one more greenlet hop (about 5 µs) for the same object.
+    pooled = connection.sync_connection.connection  # type: ignore[union-attr]
     driver: asyncpg.Connection = pooled.driver_connection  # type: ignore[assignment]
     return driver
 
