@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -46,3 +47,47 @@ class BackgroundLoop:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
             self._loop.close()
+
+
+class Server(Protocol):
+    """What a test's own server (a proxy) offers: a port, started and closed on its loop."""
+
+    @property
+    def port(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=Server)
+
+
+class Threaded(Generic[S]):
+    """`server`, run on a BackgroundLoop for the duration of a `with` block."""
+
+    def __init__(
+        self,
+        server: S,
+        name: str,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
+    ) -> None:
+        self.proxy = server
+        self._loop = BackgroundLoop(name, loop_factory)
+
+    @property
+    def port(self) -> int:
+        return self.proxy.port
+
+    def __enter__(self) -> Self:
+        self._loop.start()
+        self._loop.run(self.proxy.start())
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        self._loop.stop(self.proxy.close)

@@ -20,10 +20,9 @@ import asyncio
 import contextlib
 import threading
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TypeVar
 
-from background_loop import BackgroundLoop
+from background_loop import Threaded
 
 T = TypeVar("T")
 
@@ -170,29 +169,11 @@ class RoundTripProxy:
         self._writers.discard(writer)
 
 
-class ThreadedRoundTripProxy:
+class ThreadedRoundTripProxy(Threaded[RoundTripProxy]):
     """A RoundTripProxy forwarding from its own event loop in a background thread."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
-        self.proxy = RoundTripProxy(target_host, target_port)
-        self._loop = BackgroundLoop("round-trip-proxy")
-
-    @property
-    def port(self) -> int:
-        return self.proxy.port
-
-    def __enter__(self) -> ThreadedRoundTripProxy:
-        self._loop.start()
-        self._loop.run(self.proxy.start())
-        return self
-
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        _value: BaseException | None,
-        _traceback: TracebackType | None,
-    ) -> None:
-        self._loop.stop(self.proxy.close)
+        super().__init__(RoundTripProxy(target_host, target_port), "round-trip-proxy")
 
     def reset(self) -> None:
         self.proxy.reset()

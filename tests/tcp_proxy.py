@@ -13,9 +13,8 @@ import contextlib
 import struct
 from collections.abc import Callable
 from enum import Enum
-from types import TracebackType
 
-from background_loop import BackgroundLoop
+from background_loop import Threaded
 
 
 class Mode(Enum):
@@ -116,7 +115,7 @@ class TcpProxy:
         self._writers.discard(writer)
 
 
-class ThreadedTcpProxy:
+class ThreadedTcpProxy(Threaded[TcpProxy]):
     """A TcpProxy forwarding from its own event loop in a background thread.
 
     For tests whose own loop is busy (a load generator): forwarding does not then queue behind
@@ -129,25 +128,7 @@ class ThreadedTcpProxy:
         target_port: int,
         loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
     ) -> None:
-        self.proxy = TcpProxy(target_host, target_port)
-        self._loop = BackgroundLoop("tcp-proxy", loop_factory)
-
-    @property
-    def port(self) -> int:
-        return self.proxy.port
-
-    def __enter__(self) -> ThreadedTcpProxy:
-        self._loop.start()
-        self._loop.run(self.proxy.start())
-        return self
-
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        _value: BaseException | None,
-        _traceback: TracebackType | None,
-    ) -> None:
-        self._loop.stop(self.proxy.close)
+        super().__init__(TcpProxy(target_host, target_port), "tcp-proxy", loop_factory)
 
     def cut(self) -> None:
         self._apply(self.proxy.cut)
