@@ -122,10 +122,26 @@ class PostgresExecutor:
                 result = await work(session)
             except BaseException:
                 if not driver.is_closed():
-                    await self._call(driver, "ROLLBACK", transaction.rollback())
+                    await self._roll_back(driver, transaction)
                 raise
             await self._call(driver, "COMMIT", transaction.commit())
             return result
+
+    async def _roll_back(
+        self, driver: asyncpg.Connection, transaction: asyncpg.transaction.Transaction
+    ) -> None:
+        try:
+            await self._call(driver, "ROLLBACK", transaction.rollback())
+        except DatabaseError as error:
+            # Nothing was committed (no COMMIT was sent), but the connection is in a state
+            # nobody can vouch for: it leaves the pool, and the work may run again.
+            raise DatabaseError(
+                f"rollback failed: {error}",
+                failure=Failure.UNAVAILABLE,
+                sqlstate=error.sqlstate,
+                connection_lost=True,
+                not_executed=True,
+            ) from error
 
     async def _fetch(
         self, driver: asyncpg.Connection, compiled: Compiled, parameters: Mapping[str, Any]
