@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import asyncpg
 import httpx
@@ -264,3 +265,37 @@ async def wait_for_lock_waiter(admin: asyncpg.Connection, database: str) -> int:
             return int(pid)
         await asyncio.sleep(0.02)
     raise AssertionError("the API's statement never waited for the lock")
+
+
+# --- headless Chromium (Debian's package; .ci/run installs it) ------------------------------
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=15000",
+]
+
+
+def render(chromium: str, url: str, workdir: Path) -> tuple[str, list[str]]:
+    """The page's DOM after scripts ran, and the URLs of every request the page made."""
+    netlog = workdir / "netlog.json"
+    result = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={workdir / 'profile'}",
+         f"--log-net-log={netlog}", "--dump-dom", url],
+        capture_output=True, text=True, timeout=90, check=True,
+    )  # fmt: skip
+    log = json.loads(netlog.read_text())
+    start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    origin = f"{urlsplit(url).scheme}://{urlsplit(url).netloc}"
+    requested = [
+        event["params"]["url"]
+        for event in log["events"]
+        if event["type"] == start_job and event.get("params", {}).get("initiator") == origin
+    ]
+    return result.stdout, requested

@@ -708,6 +708,18 @@ async def test_openapi_declares_the_bearer_scheme_on_every_api_operation(
                 assert "security" not in operation, (method, path)
 
 
+async def test_the_openapi_document_is_the_same_in_every_auth_mode(
+    hs_client: httpx.AsyncClient, settings: Settings
+) -> None:
+    # A client generated from a development server (AUTH_MODE=none) must send tokens to a
+    # production one: both serve one document.
+    with_tokens = (await hs_client.get("/openapi.json")).json()
+    async with running(settings) as open_client:
+        assert open_client.app.state.settings.auth_mode == "none"  # type: ignore[attr-defined]
+        without = (await open_client.get("/openapi.json")).json()
+    assert without == with_tokens
+
+
 # --- users.email from the token ----------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from todo_api.auth.tokens import TokenVerifier
 from todo_api.platform.database import migrate
 from todo_api.platform.database.engine import open_database
 from todo_api.platform.http import health
+from todo_api.platform.http.cors import Cors
 from todo_api.platform.http.docs import install_docs
 from todo_api.platform.http.operation_ids import operation_id
 from todo_api.platform.http.problems import Problem, install_problem_handlers
@@ -109,7 +110,8 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
     app.include_router(health.router)
     if metrics is not None:
         install_metrics(app, metrics)
-    # Outermost first. Observability sees every response, the body guard's refusals included.
+    # Outermost first. Observability sees every response (preflights and the body guard's
+    # refusals included); CORS headers go on every response of the app and the guard.
     middleware = [
         Middleware(
             Observability,
@@ -118,11 +120,24 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
             access_log=settings.access_log,
             access_log_probes=settings.access_log_health,
         ),
+        # Left out when no origin may call: there is nothing to add to any response.
+        *(
+            [
+                Middleware(
+                    Cors,
+                    origins=settings.allowed_origins,
+                    allow_credentials=settings.cors_allow_credentials,
+                    max_age=settings.cors_max_age,
+                )
+            ]
+            if settings.allowed_origins
+            else []
+        ),
         Middleware(RequestGuard, max_bytes=settings.max_body_bytes),
     ]
     for layer in reversed(middleware):  # add_middleware puts each outside the previous ones
         app.add_middleware(layer.cls, *layer.args, **layer.kwargs)
-    _complete_openapi(app, auth_enabled=settings.auth_enabled)
+    _complete_openapi(app)
     return app
 
 
@@ -154,9 +169,12 @@ BEARER_SCHEME = {
 }
 
 
-def _complete_openapi(app: FastAPI, *, auth_enabled: bool) -> None:
+def _complete_openapi(app: FastAPI) -> None:
     """Add `Problem` (referenced by every error response) to the OpenAPI components, and the
-    bearer scheme to every /api operation when the server requires tokens."""
+    bearer scheme to every /api operation.
+
+    The document is the same in every AUTH_MODE: a client generated from a development server
+    (often AUTH_MODE=none) must send tokens to a production one."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -167,12 +185,11 @@ def _complete_openapi(app: FastAPI, *, auth_enabled: bool) -> None:
             schemas = components.setdefault("schemas", {})
             schemas.update(problem.pop("$defs", {}))
             schemas["Problem"] = problem
-            if auth_enabled:
-                components["securitySchemes"] = {"HTTPBearer": BEARER_SCHEME}
-                for path, item in schema["paths"].items():
-                    if path.startswith("/api/"):
-                        for operation in item.values():
-                            operation["security"] = [{"HTTPBearer": []}]
+            components["securitySchemes"] = {"HTTPBearer": BEARER_SCHEME}
+            for path, item in schema["paths"].items():
+                if path.startswith("/api/"):
+                    for operation in item.values():
+                        operation["security"] = [{"HTTPBearer": []}]
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -6,6 +6,7 @@ variable, and never repeats a value (a DATABASE_URL usually carries a password).
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from functools import cached_property
 from typing import Any, Literal
@@ -16,6 +17,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from todo_api.platform.database.url import DatabaseTarget, DatabaseUrlError, parse_database_url
 
 DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./todo.db"
+# The dev servers of Next.js (3000) and Vite (5173): allowed outside production by default.
+DEVELOPMENT_CORS_ORIGINS = (
+    "http://localhost:3000",
+    "http://127.0.0.1:3000",
+    "http://localhost:5173",
+    "http://127.0.0.1:5173",
+)
+_ORIGIN = re.compile(
+    r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?"
+)
 
 
 # Development's built-in cursor secret, and the placeholder in .env.example: refused in
@@ -87,6 +98,14 @@ class Settings(BaseSettings):
     # orchestrator's own grace period (Kubernetes: 30 s) so the pool is closed before SIGKILL.
     shutdown_timeout: int = Field(default=20, ge=1, le=300)
 
+    # --- browsers on other origins (CORS) ---
+    # Comma-separated exact origins (`https://app.example.com,http://localhost:3000`), or `*`.
+    # Unset: the Next.js and Vite dev servers outside production, none in production.
+    cors_origins: str | None = None
+    # Declared after cors_origins: its validator refuses `*` with credentials.
+    cors_allow_credentials: bool = False
+    cors_max_age: int = Field(default=7200, ge=0, le=86400)
+
     # --- authentication (todo_api.auth) ---
     # Shared secret for HS256/384/512 tokens (e.g. Better Auth's BETTER_AUTH_SECRET).
     auth_jwt_secret: SecretStr | None = None
@@ -150,6 +169,36 @@ class Settings(BaseSettings):
         if len(secret.encode()) < 32:
             raise ValueError("must be at least 32 bytes (`openssl rand -base64 32`)")
         return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins_exact(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for origin in _split(value):
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: use scheme://host[:port], such as "
+                    "https://app.example.com or http://localhost:3000 (no path, no trailing "
+                    "slash), separated by commas"
+                )
+        return value
+
+    @field_validator("cors_allow_credentials")
+    @classmethod
+    def _no_wildcard_with_credentials(cls, value: bool, info: ValidationInfo) -> bool:
+        # Browsers refuse `Access-Control-Allow-Origin: *` on credentialed requests; echoing
+        # any origin instead would let every site act with the user's cookies.
+        if value and "*" in _split(info.data.get("cors_origins") or ""):
+            raise ValueError("cannot be true while CORS_ORIGINS is *: list the exact origins")
+        return value
+
+    @cached_property
+    def allowed_origins(self) -> tuple[str, ...]:
+        """The origins browsers may call the API from (`*`: any)."""
+        if self.cors_origins is None:
+            return () if self.app_env is AppEnv.production else DEVELOPMENT_CORS_ORIGINS
+        return tuple(_split(self.cors_origins))
 
     @field_validator("auth_jwks_url")
     @classmethod
@@ -228,6 +277,10 @@ class Settings(BaseSettings):
         if self.database_url_direct:
             return parse_database_url(self.database_url_direct)
         return self.database
+
+
+def _split(origins: str) -> list[str]:
+    return [origin.strip() for origin in origins.split(",") if origin.strip()]
 
 
 def load_settings(**overrides: Any) -> Settings:
