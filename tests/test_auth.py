@@ -269,12 +269,12 @@ SHARED_SECRET_REJECTIONS: list[Any] = [
     ),
     pytest.param(
         lambda: hs(claims(iss="https://evil.test")),
-        "The token was issued by an issuer this API does not accept",
+        f"The token's iss claim does not match AUTH_ISSUER (expected {ISSUER!r})",
         id="wrong-iss",
     ),
     pytest.param(
         lambda: hs(claims(aud="https://other-api.test")),
-        "The token is meant for another audience",
+        f"The token's aud claim does not include AUTH_AUDIENCE (expected {AUDIENCE!r})",
         id="wrong-aud",
     ),
     pytest.param(
@@ -518,7 +518,7 @@ JWKS_ONLY = "The token's signing algorithm is not accepted (use RS256, ES256, Ed
         ),
         pytest.param(
             lambda keys: keys["EdDSA"].sign(claims(iss="https://evil.test")),
-            "The token was issued by an issuer this API does not accept",
+            f"The token's iss claim does not match AUTH_ISSUER (expected {ISSUER!r})",
             id="wrong-iss",
         ),
         pytest.param(
@@ -800,6 +800,20 @@ async def test_the_open_api_is_logged_as_a_warning_at_start_up(
     warnings = [r.getMessage() for r in caplog.records if "AUTH_MODE=none" in r.getMessage()]
     assert len(warnings) == 1 and "the default when APP_ENV=test" in warnings[0]
     assert "the API is open" in warnings[0]
+
+
+async def test_start_up_logs_the_effective_token_rules_but_never_the_secret(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    configured = with_auth(settings, auth_jwt_secret=SecretStr(SECRET))
+    with caplog.at_level("INFO", logger="todo_api"):
+        async with running(configured):
+            pass
+    [line] = [r.getMessage() for r in caplog.records if "authentication:" in r.getMessage()]
+    assert "HS256" in line and "keys from AUTH_JWT_SECRET" in line
+    assert f"issuer {ISSUER!r}" in line and f"audience {AUDIENCE!r}" in line
+    assert "claim 'sub'" in line
+    assert SECRET not in caplog.text
 
 
 async def test_production_with_auth_mode_none_set_explicitly_starts_with_a_warning(

@@ -143,9 +143,22 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
 
 def _log_auth_mode(settings: Settings, verifier: TokenVerifier | None) -> None:
     if verifier is not None:
+        # The effective configuration, so a mismatch with the identity provider shows at once;
+        # never the shared secret itself.
         log.info(
-            "authentication: bearer JWTs required (%s; claim %r must equal the path user_id)",
+            "authentication: bearer JWTs required (%s; keys from %s; issuer %s; audience %s; "
+            "claim %r must equal the path user_id)",
             ", ".join(verifier.algorithms),
+            " and ".join(
+                source
+                for source, configured in (
+                    (f"JWKS {settings.auth_jwks_url}", settings.auth_jwks_url),
+                    ("AUTH_JWT_SECRET", settings.auth_jwt_secret),
+                )
+                if configured
+            ),
+            repr(settings.auth_issuer) if settings.auth_issuer else "not checked",
+            repr(settings.auth_audience) if settings.auth_audience else "not checked",
             settings.auth_user_claim,
         )
     else:

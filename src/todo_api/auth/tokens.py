@@ -373,6 +373,17 @@ class TokenVerifier:
             )
         except jwt.MissingRequiredClaimError as error:
             raise InvalidToken(f"The token lacks the required {error.claim} claim") from None
+        except jwt.InvalidIssuerError:
+            # Which claim, and what this API expects: the usual misconfiguration is a
+            # different base URL on the identity provider. The token's value is not repeated.
+            raise InvalidToken(
+                f"The token's iss claim does not match AUTH_ISSUER (expected {self._issuer!r})"
+            ) from None
+        except jwt.InvalidAudienceError:
+            raise InvalidToken(
+                f"The token's aud claim does not include AUTH_AUDIENCE "
+                f"(expected {self._audience!r})"
+            ) from None
         except jwt.PyJWTError as error:
             for kind, description in _DESCRIPTIONS:
                 if isinstance(error, kind):
