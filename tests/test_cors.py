@@ -225,3 +225,9 @@ def test_a_wildcard_with_credentials_stops_start_up() -> None:
     with pytest.raises(ConfigError) as refused:
         load_settings(cors_origins="*", cors_allow_credentials=True)
     assert "CORS_ALLOW_CREDENTIALS" in str(refused.value)
+
+
+def test_a_blank_cors_origins_means_the_environment_default() -> None:
+    # `CORS_ORIGINS=` as copied from .env.example: not "no origin at all".
+    assert load_settings(cors_origins=" ").allowed_origins == load_settings().allowed_origins
+    assert "http://localhost:3000" in load_settings(cors_origins="").allowed_origins

@@ -136,6 +136,7 @@ class Settings(BaseSettings):
         "auth_issuer",
         "auth_audience",
         "auth_mode",
+        "cors_origins",
         mode="before",
     )
     @classmethod
