@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware import Middleware
@@ -19,8 +18,8 @@ from todo_api.platform.database.engine import open_database
 from todo_api.platform.http import health
 from todo_api.platform.http.cors import Cors
 from todo_api.platform.http.docs import install_docs
-from todo_api.platform.http.operation_ids import operation_id
-from todo_api.platform.http.problems import Problem, install_problem_handlers
+from todo_api.platform.http.openapi import complete_openapi, operation_id
+from todo_api.platform.http.problems import install_problem_handlers, problem_schemas
 from todo_api.platform.http.request_guard import RequestGuard
 from todo_api.platform.observability.metrics import Metrics, install_metrics
 from todo_api.platform.observability.middleware import Observability
@@ -137,7 +136,7 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
     ]
     for layer in reversed(middleware):  # add_middleware puts each outside the previous ones
         app.add_middleware(layer.cls, *layer.args, **layer.kwargs)
-    _complete_openapi(app)
+    complete_openapi(app, components=problem_schemas)
     return app
 
 
@@ -169,41 +168,3 @@ def _log_auth_mode(settings: Settings, verifier: TokenVerifier | None) -> None:
             "set AUTH_MODE=jwt with AUTH_JWT_SECRET or AUTH_JWKS_URL to require tokens",
             "" if explicit else f" (the default when APP_ENV={settings.app_env.value})",
         )
-
-
-# Declared here rather than through a `Security(HTTPBearer())` dependency: that would run on
-# every request only to read a header that `authorize` reads anyway.
-BEARER_SCHEME = {
-    "type": "http",
-    "scheme": "bearer",
-    "bearerFormat": "JWT",
-    "description": "A JWT from the identity provider (Better Auth: `authClient.token()`); its "
-    "user claim (AUTH_USER_CLAIM, default `sub`) must equal the path's `user_id`.",
-}
-
-
-def _complete_openapi(app: FastAPI) -> None:
-    """Add `Problem` (referenced by every error response) to the OpenAPI components, and the
-    bearer scheme to every /api operation.
-
-    The document is the same in every AUTH_MODE: a client generated from a development server
-    (often AUTH_MODE=none) must send tokens to a production one."""
-    original = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = original()
-            problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-            components = schema.setdefault("components", {})
-            schemas = components.setdefault("schemas", {})
-            schemas.update(problem.pop("$defs", {}))
-            schemas["Problem"] = problem
-            components["securitySchemes"] = {"HTTPBearer": BEARER_SCHEME}
-            for path, item in schema["paths"].items():
-                if path.startswith("/api/"):
-                    for operation in item.values():
-                        operation["security"] = [{"HTTPBearer": []}]
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

@@ -26,7 +26,7 @@ from todo_api.platform.http.conditional import (
 from todo_api.platform.http.conditional import none_match as if_none_match_hits
 from todo_api.platform.http.cursor import Cursor, InvalidCursor
 from todo_api.platform.http.dependencies import DatabaseDep, SettingsDep
-from todo_api.platform.http.operation_ids import operation_id
+from todo_api.platform.http.openapi import REQUIRED_MARK, headers, operation_id
 from todo_api.platform.http.problems import BadRequest, responses
 from todo_api.platform.http.text import storable_text
 from todo_api.tasks import repository
@@ -55,12 +55,18 @@ router = APIRouter(
     generate_unique_id_function=operation_id,
 )
 
+# Declared required, checked by the route itself (to answer with its own 400 problem).
+REQUIRED = {REQUIRED_MARK: True}
+
 # Every route can meet invalid input and a database outage.
 COMMON = (422, 503)
 BODY = (400, 413, 415)  # 400: the body is not JSON or not UTF-8
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
-    304: {"description": "Not Modified (ETag matched)"}
+    304: {"description": "Not Modified (ETag matched)", **headers("ETag")}
 }
+# A single task's answer carries its version as ETag.
+WITH_ETAG: dict[int | str, dict[str, Any]] = {200: headers("ETag")}
+CREATED: dict[int | str, dict[str, Any]] = {201: headers("ETag", "Location", "Idempotent-Replayed")}
 
 
 def _json(
@@ -201,7 +207,9 @@ async def task_stats(owner: Owner, db: DatabaseDep) -> Response:
 async def delete_tasks(
     owner: Owner,
     db: DatabaseDep,
-    completed: Annotated[bool | None, Query(description="Which tasks to delete (required)")] = None,
+    completed: Annotated[
+        bool | None, Query(description="Which tasks to delete", json_schema_extra=REQUIRED)
+    ] = None,
 ) -> Response:
     if completed is None:
         raise BadRequest("refusing to delete every task: pass completed=true (or completed=false)")
@@ -230,7 +238,7 @@ IdempotencyKeyHeader = Annotated[
     summary="Create a task",
     status_code=status.HTTP_201_CREATED,
     response_model=TaskRead,
-    responses=responses(409, *BODY, *COMMON),
+    responses=CREATED | responses(409, *BODY, *COMMON),
 )
 async def create_task(
     owner: Owner,
@@ -240,7 +248,7 @@ async def create_task(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     user_id = owner.user_id
-    headers = {}
+    answer_headers = {}
     if idempotency_key is None:
         task = await repository.create_task(db, user_id=user_id, data=data, email=owner.email)
     else:
@@ -253,17 +261,17 @@ async def create_task(
             email=owner.email,
         )
         if replayed:
-            headers["Idempotent-Replayed"] = "true"
-    headers["Location"] = f"/api/{quote(user_id, safe='')}/tasks/{task.id}"
-    headers["ETag"] = etag(task)
-    return _json(task, status.HTTP_201_CREATED, headers)
+            answer_headers["Idempotent-Replayed"] = "true"
+    answer_headers["Location"] = f"/api/{quote(user_id, safe='')}/tasks/{task.id}"
+    answer_headers["ETag"] = etag(task)
+    return _json(task, status.HTTP_201_CREATED, answer_headers)
 
 
 @router.get(
     "/{task_id}",
     summary="Get a task",
     response_model=TaskRead,
-    responses=NOT_MODIFIED | responses(400, 404, *COMMON),
+    responses=WITH_ETAG | NOT_MODIFIED | responses(400, 404, *COMMON),
 )
 async def get_task(
     owner: Owner, task_id: uuid.UUID, db: DatabaseDep, if_none_match: IfNoneMatchHeader = None
@@ -278,7 +286,7 @@ async def get_task(
     "/{task_id}",
     summary="Replace a task (omitted optional fields reset to their defaults)",
     response_model=TaskRead,
-    responses=responses(400, 404, 412, *BODY, *COMMON),
+    responses=WITH_ETAG | responses(400, 404, 412, *BODY, *COMMON),
 )
 async def replace_task(
     owner: Owner,
@@ -297,7 +305,7 @@ async def replace_task(
     "/{task_id}",
     summary="Update some fields of a task",
     response_model=TaskRead,
-    responses=responses(400, 404, 412, *BODY, *COMMON),
+    responses=WITH_ETAG | responses(400, 404, 412, *BODY, *COMMON),
 )
 async def update_task(
     owner: Owner,
@@ -340,7 +348,7 @@ async def delete_task(
     description='Without a body the task\'s `completed` flips. With `{"completed": true|false}` '
     "it is set to that value, which makes retries safe.",
     response_model=TaskRead,
-    responses=responses(400, 404, 412, *BODY, *COMMON),
+    responses=WITH_ETAG | responses(400, 404, 412, *BODY, *COMMON),
 )
 async def complete_task(
     owner: Owner,

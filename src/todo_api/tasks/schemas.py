@@ -6,12 +6,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 from pydantic import Field as PydanticField
 
-from todo_api.platform.http.schemas import InputModel, PartialInput, partial_model
+from todo_api.platform.http.schemas import InputModel, PartialInput, partial_model, request_schema
 from todo_api.tables.tasks import StrictBool, Task, TaskFields
 
 # Set by the server: present in every response, refused in a request body.
@@ -19,13 +19,14 @@ READ_ONLY_FIELDS = frozenset(Task.model_fields) - frozenset(TaskFields.model_fie
 
 
 class TaskCreate(TaskFields, InputModel):
-    """A new task, or the full replacement of one (PUT): omitted fields take their defaults."""
+    """A new task, or the full replacement of one (PUT): omitted fields take their defaults
+    (`description` null, `completed` false)."""
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "examples": [{"title": "Buy milk", "description": "2 litres", "completed": False}]
-        },
+        json_schema_extra=request_schema(
+            {"title": "Buy milk", "description": "2 litres", "completed": False}
+        ),
     )
 
 
@@ -37,7 +38,7 @@ else:
         name="TaskUpdate",
         doc="A partial update (PATCH): only the fields present change; `description: null` "
         "clears it.",
-        json_schema_extra={"examples": [{"completed": True}]},
+        examples=[{"completed": True}],
     )
 
 
@@ -46,7 +47,7 @@ class CompletionSet(InputModel):
 
     completed: StrictBool
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"completed": True}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra=request_schema({"completed": True}))
 
 
 # A task as the API returns it: a plain slotted dataclass, not a pydantic model. The data layer
@@ -80,11 +81,12 @@ class TaskRead:
                     "user_id": "user_2f9a",
                     "title": "Buy milk",
                     "description": "2 litres",
-                    "completed": False,
-                    "completed_at": None,
+                    # FastAPI drops null members from examples: a completed task shows all.
+                    "completed": True,
+                    "completed_at": "2026-11-26T09:30:00.000000Z",
                     "created_at": "2026-11-26T08:00:00.000000Z",
-                    "updated_at": "2026-11-26T08:00:00.000000Z",
-                    "version": 1,
+                    "updated_at": "2026-11-26T09:30:00.000000Z",
+                    "version": 2,
                 }
             ]
         },
@@ -101,14 +103,21 @@ if frozenset(READ_FIELDS) != frozenset(Task.model_fields):
 TASK_JSON: TypeAdapter[TaskRead] = TypeAdapter(TaskRead)
 
 
+def _without_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
 class TaskPage(BaseModel):
     items: list[TaskRead]
     next_cursor: str | None = PydanticField(
         description="Pass as `cursor` to get the next page; null on the last page.",
         json_schema_extra={"examples": ["WzEsIi1jcmVhdGVkX2F0Ii…"]},
     )
-    total: int | None = PydanticField(
-        default=None, description="Tasks matching the filters; present with include_total=true"
+    # Absent unless asked for (include_total=true), never null: optional, with no default.
+    total: int = PydanticField(
+        default=None,  # type: ignore[assignment]
+        description="Tasks matching the filters; present with include_total=true",
+        json_schema_extra=_without_default,
     )
 
 

@@ -16,11 +16,15 @@ from todo_api.platform.http.problems import BadRequest
 _ENTITY_TAG = re.compile(r'\s*(W/)?"([^"]*)"\s*')
 _VERSION = re.compile(r"[0-9]{1,9}")
 
+# `*`, or a comma-separated list of entity tags (documented; a malformed one is answered 400).
+ENTITY_TAGS = r'^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$'
+
 IfMatchHeader = Annotated[
     str | None,
     Header(
         alias="If-Match",
         description='Only change the task if its ETag is one of these (e.g. `"3"`); else 412.',
+        json_schema_extra={"pattern": ENTITY_TAGS},
     ),
 ]
 IfNoneMatchHeader = Annotated[
@@ -28,6 +32,7 @@ IfNoneMatchHeader = Annotated[
     Header(
         alias="If-None-Match",
         description="Answer 304 without a body if the task's ETag is one of these.",
+        json_schema_extra={"pattern": ENTITY_TAGS},
     ),
 ]
 

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from todo_api.platform.database.errors import DatabaseError, Failure
+from todo_api.platform.http.openapi import headers
 from todo_api.platform.observability.logs import current_request_id
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -38,19 +39,31 @@ class FieldError(BaseModel):
 class Problem(BaseModel):
     """An RFC 9457 problem document."""
 
-    type: str = Field(default="about:blank", examples=["about:blank"])
+    type: str = Field(examples=["about:blank"])
     title: str = Field(examples=["Not Found"])
     status: int = Field(examples=[404])
     detail: str = Field(examples=["No task 0b6a… for this user"])
-    errors: list[FieldError] | None = Field(
-        default=None, description="Present on 422: one entry per invalid field"
-    )
-    request_id: str | None = Field(
-        default=None,
+    request_id: str = Field(
         description="The request's X-Request-ID: quote it when reporting a problem; "
         "the server's log lines for the request carry it too",
         examples=["5f0c2a7e9d1b4c3a8e6f0b1d2c3a4e5f"],
     )
+
+
+class ValidationProblem(Problem):
+    """The 422 problem: also one entry per invalid field (or header)."""
+
+    errors: list[FieldError]
+
+
+def problem_schemas() -> dict[str, Any]:
+    """The problem documents' JSON schemas, for the OpenAPI components."""
+    schemas: dict[str, Any] = {}
+    for model in (Problem, ValidationProblem):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas
 
 
 class ProblemError(Exception):
@@ -148,12 +161,25 @@ def problem_response(
     )
 
 
+# Headers an error answer carries, by status.
+_ERROR_HEADERS = {401: ("WWW-Authenticate",), 412: ("ETag",), 503: ("Retry-After",)}
+
+
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries declaring the problem schema for each error status."""
+    """OpenAPI `responses=` entries declaring the problem schema (and headers) of each error
+    status."""
     return {
         status: {
             "description": HTTPStatus(status).phrase,
-            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            "content": {
+                PROBLEM_MEDIA_TYPE: {
+                    "schema": {
+                        "$ref": "#/components/schemas/"
+                        + ("ValidationProblem" if status == 422 else "Problem")
+                    }
+                }
+            },
+            **headers(*_ERROR_HEADERS.get(status, ())),
         }
         for status in statuses
     }

@@ -4,6 +4,7 @@ model's fields instead of declared a second time."""
 from __future__ import annotations
 
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ConfigDict, ValidationInfo, create_model, field_validator
@@ -28,7 +29,25 @@ def _admits_none(hint: Any) -> bool:
     return hint is type(None) or type(None) in typing.get_args(hint)
 
 
-def partial_model(fields: type[SQLModel], *, name: str, doc: str, **config: Any) -> Any:
+def request_schema(*examples: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """`json_schema_extra` for a request body: its examples, and no `default` on its fields.
+
+    A default in a request schema tells generators (openapi-typescript 7 by default) that the
+    field is always there, which makes it required in the request type; the server fills it
+    in when omitted, so clients need not send it.
+    """
+
+    def extra(schema: dict[str, Any]) -> None:
+        for field in schema.get("properties", {}).values():
+            field.pop("default", None)
+        schema["examples"] = list(examples)
+
+    return extra
+
+
+def partial_model(
+    fields: type[SQLModel], *, name: str, doc: str, examples: list[dict[str, Any]]
+) -> Any:
     """`fields`' fields, each optional; `null` is accepted only where `fields` accepts it.
 
     Typed `Any` because the class is made at run time; modules declare the alias mypy sees.
@@ -47,13 +66,19 @@ def partial_model(fields: type[SQLModel], *, name: str, doc: str, **config: Any)
     validators = {}
     if required:
         validators["_not_null"] = field_validator(*sorted(required), mode="before")(not_null)
+    fields_of_model: dict[str, Any] = {
+        # A field that refuses null keeps its type in the schema (generated clients must not
+        # offer null); it is only optional, with no default to show.
+        field: (hint if field in required else hint | None, None)
+        for field, hint in declared.items()
+    }
     model = create_model(
         name,
         __base__=PartialInput,
         __doc__=doc,
         __validators__=validators,
-        **{field: (hint | None, None) for field, hint in declared.items()},  # type: ignore[call-overload]
+        **fields_of_model,
     )
-    model.model_config.update(config)  # type: ignore[typeddict-item]
+    model.model_config["json_schema_extra"] = request_schema(*examples)
     model.model_rebuild(force=True)
     return model
