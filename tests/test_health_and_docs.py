@@ -62,8 +62,12 @@ async def test_openapi_declares_every_error_status_with_the_problem_schema(
     client: httpx.AsyncClient,
 ) -> None:
     spec = (await client.get("/openapi.json")).json()
-    problem = spec["components"]["schemas"]["Problem"]
-    assert {"type", "title", "status", "detail", "errors"} <= set(problem["properties"])
+    schemas = spec["components"]["schemas"]
+    problem, invalid = schemas["Problem"], schemas["ValidationProblem"]
+    # `errors` only where the server sends it (422): a 404 without it fits its type.
+    assert set(problem["required"]) == {"type", "title", "status", "detail", "request_id"}
+    assert "errors" not in problem["properties"]
+    assert set(invalid["required"]) == set(problem["required"]) | {"errors"}
     expected = {
         ("get", "/api/{user_id}/tasks"): {"200", "400", "422", "503"},
         ("delete", "/api/{user_id}/tasks"): {"200", "400", "422", "503"},
@@ -84,9 +88,55 @@ async def test_openapi_declares_every_error_status_with_the_problem_schema(
         assert set(operation["responses"]) == statuses, (method, path)
         assert operation["operationId"] and operation["summary"]
         for status, response in operation["responses"].items():
+            assert "X-Request-ID" in response["headers"], (method, path, status)
             if status.startswith(("4", "5")):
                 schema = response["content"]["application/problem+json"]["schema"]
-                assert schema == {"$ref": "#/components/schemas/Problem"}
+                name = "ValidationProblem" if status == "422" else "Problem"
+                assert schema == {"$ref": f"#/components/schemas/{name}"}
+
+
+async def test_openapi_declares_the_headers_each_answer_carries(
+    client: httpx.AsyncClient,
+) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    single = spec["paths"]["/api/{user_id}/tasks/{task_id}"]
+    tasks = spec["paths"]["/api/{user_id}/tasks"]
+
+    def declared(operation: dict[str, Any], status: str) -> set[str]:
+        return set(operation["responses"][status]["headers"])
+
+    assert declared(tasks["post"], "201") >= {"ETag", "Location", "Idempotent-Replayed"}
+    for method in ("get", "put", "patch"):
+        assert "ETag" in declared(single[method], "200"), method
+        assert "ETag" in declared(single[method], "412" if method != "get" else "304")
+        assert "Retry-After" in declared(single[method], "503")
+        assert "WWW-Authenticate" in declared(single[method], "401")
+    created = (await client.post("/api/alice/tasks", json={"title": "x"})).headers
+    assert {"etag", "location", "x-request-id"} <= set(created)
+
+
+async def test_openapi_request_types_match_what_the_server_accepts(
+    client: httpx.AsyncClient,
+) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    schemas = spec["components"]["schemas"]
+    update = schemas["TaskUpdate"]["properties"]
+    # Omittable but never null, except the description, which null clears.
+    assert update["title"]["type"] == "string" and update["completed"]["type"] == "boolean"
+    assert {"type": "null"} in update["description"]["anyOf"]
+    # Fields the server fills in are optional: no default that generators read as "required".
+    create = schemas["TaskCreate"]
+    assert create["required"] == ["title"]
+    assert not any("default" in field for field in create["properties"].values())
+    bulk = spec["paths"]["/api/{user_id}/tasks"]["delete"]["parameters"]
+    [completed] = [p for p in bulk if p["name"] == "completed"]
+    assert completed["required"] is True and completed["schema"]["type"] == "boolean"
+    listing = spec["paths"]["/api/{user_id}/tasks"]["get"]["parameters"]
+    for parameter in listing:
+        assert "anyOf" not in parameter["schema"], parameter["name"]  # plain, never null
+    if_match = spec["paths"]["/api/{user_id}/tasks/{task_id}"]["patch"]["parameters"]
+    [header] = [p for p in if_match if p["name"] == "If-Match"]
+    assert header["in"] == "header" and header["schema"]["pattern"]
 
 
 async def test_operation_ids_are_stable_and_unique(client: httpx.AsyncClient) -> None:

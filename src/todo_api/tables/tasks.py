@@ -17,7 +17,12 @@ from pydantic import AfterValidator, Strict, StringConstraints
 from sqlmodel import Field, SQLModel
 
 from todo_api.platform.database.types import UTCDateTime
-from todo_api.platform.http.text import single_line, storable_text
+from todo_api.platform.http.text import (
+    SINGLE_LINE_PATTERN,
+    STORABLE_PATTERN,
+    single_line,
+    storable_text,
+)
 from todo_api.tables.users import USER_ID_MAX
 
 TITLE_MAX = 255
@@ -40,9 +45,14 @@ class TaskFields(SQLModel):
 
     # Text, not VARCHAR(255): the length rule is the CHECK below, so a violation is always an
     # IntegrityError, never a driver-specific "value too long" error.
-    title: Title = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    title: Title = Field(
+        sa_column=sa.Column(sa.Text, nullable=False),
+        schema_extra={"json_schema_extra": {"pattern": SINGLE_LINE_PATTERN}},
+    )
     description: Description | None = Field(
-        default=None, sa_column=sa.Column(sa.Text, nullable=True)
+        default=None,
+        sa_column=sa.Column(sa.Text, nullable=True),
+        schema_extra={"json_schema_extra": {"pattern": STORABLE_PATTERN}},
     )
     completed: StrictBool = Field(
         default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false())

@@ -28,7 +28,7 @@ from todo_api.platform.http.cursor import Cursor, InvalidCursor
 from todo_api.platform.http.dependencies import DatabaseDep, SettingsDep
 from todo_api.platform.http.openapi import REQUIRED_MARK, headers, operation_id
 from todo_api.platform.http.problems import BadRequest, responses
-from todo_api.platform.http.text import storable_text
+from todo_api.platform.http.text import STORABLE_PATTERN, storable_text
 from todo_api.tasks import repository
 from todo_api.tasks.errors import TaskNotFound
 from todo_api.tasks.filters import TaskFilter
@@ -126,6 +126,7 @@ async def listing(
             min_length=1,
             max_length=200,
             description="Case-insensitive search in title and description",
+            json_schema_extra={"pattern": STORABLE_PATTERN},
         ),
         AfterValidator(lambda value: storable_text(value) if value is not None else None),
     ] = None,

@@ -13,11 +13,15 @@ from fastapi import Header
 
 from todo_api.platform.http.problems import BadRequest
 
-_ENTITY_TAG = re.compile(r'\s*(W/)?"([^"]*)"\s*')
 _VERSION = re.compile(r"[0-9]{1,9}")
 
-# `*`, or a comma-separated list of entity tags (documented; a malformed one is answered 400).
-ENTITY_TAGS = r'^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$'
+# RFC 9110 §8.8.3: entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE, etagc = visible ASCII but DQUOTE
+# (a comma included). The header is `*` or a comma-separated list of them; the schema
+# publishes the same pattern the parser enforces (a malformed header is answered 400).
+_TAG = r'(W/)?"([!#-~]*)"'
+ENTITY_TAGS = rf"^[ \t]*(\*|{_TAG}([ \t]*,[ \t]*{_TAG})*)[ \t]*$"
+_HEADER = re.compile(ENTITY_TAGS)
+_TAGS = re.compile(_TAG)
 
 IfMatchHeader = Annotated[
     str | None,
@@ -50,15 +54,12 @@ def etag(resource: Versioned) -> str:
 
 def _tags(header: str) -> list[tuple[bool, str]]:
     """(weak, opaque tag) for each entity tag in a header value."""
-    tags = []
-    for part in header.split(","):
-        match = _ENTITY_TAG.fullmatch(part)
-        if match is None:
-            raise BadRequest(
-                f'malformed entity tag {part.strip()[:40]!r}: use quoted ETags such as "3" or *'
-            )
-        tags.append((match.group(1) is not None, match.group(2)))
-    return tags
+    if not _HEADER.fullmatch(header):
+        raise BadRequest(
+            f'malformed entity tags {header.strip()[:40]!r}: use quoted ETags such as "3", '
+            "separated by commas, or *"
+        )
+    return [(weak == "W/", tag) for weak, tag in _TAGS.findall(header)]
 
 
 def if_match_versions(header: str | None) -> list[int] | None:

@@ -7,7 +7,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import ConfigDict, ValidationInfo, create_model, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, create_model, field_validator
 from sqlmodel import SQLModel
 
 
@@ -69,7 +69,11 @@ def partial_model(
     fields_of_model: dict[str, Any] = {
         # A field that refuses null keeps its type in the schema (generated clients must not
         # offer null); it is only optional, with no default to show.
-        field: (hint if field in required else hint | None, None)
+        # The field's own schema additions (a pattern, say) come along.
+        field: (
+            hint if field in required else hint | None,
+            Field(default=None, json_schema_extra=fields.model_fields[field].json_schema_extra),
+        )
         for field, hint in declared.items()
     }
     model = create_model(

@@ -24,3 +24,11 @@ def single_line(value: str) -> str:
     if _CONTROL.search(value):
         raise ValueError("must be a single line without control characters")
     return value
+
+
+# The same rules as JSON Schema patterns, published so that generated clients and fuzzers know
+# them (the validators above enforce them, lone surrogates included, which JSON text from a
+# UTF-8 client cannot carry anyway and which patterns cannot name portably).
+STORABLE_PATTERN = r"^[^\x00]*$"
+# One line, at least one character that is not white space (titles are trimmed).
+SINGLE_LINE_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
