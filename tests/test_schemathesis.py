@@ -50,11 +50,13 @@ expected-statuses = ["2XX", "3XX", 401, 403, 404, 409, 412, 429, "5XX"]
 
 [[operations]]
 include-operation-id = "tasks-list_tasks"
-checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 400, 401, 403, 404, 429, "5XX"]
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2XX", "3XX", 400, 401, 403, 404, 429, "5XX"]
 
 [[operations]]
 include-operation-id = "tasks-create_task"
-checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 401, 403, 404, 409, 422, 429, "5XX"]
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2XX", "3XX", 401, 403, 404, 409, 422, 429, "5XX"]
 """
 PHASES = ("examples", "fuzzing", "stateful")
 SECRET = "schemathesis-shared-secret-" + "0123456789abcdef" * 2
