@@ -38,8 +38,9 @@ async def test_create_returns_the_task_with_location_and_stores_it(
     assert response.status_code == 201
     task = response.json()
     assert set(task) == {
-        "id", "user_id", "title", "description", "completed", "completed_at", "created_at",
-        "updated_at", "version",
+        "id", "user_id", "list_id", "title", "description", "completed", "completed_at",
+        "priority", "due", "label_ids", "labels", "position", "created_at", "updated_at",
+        "version",
     }  # fmt: skip
     assert task["completed_at"] is None
     assert task["title"] == "Buy milk"  # surrounding whitespace trimmed

@@ -148,7 +148,7 @@ async def _db_upgrade(settings: Settings) -> int:
     engine = create_engine(settings, direct=True)
     try:
         await verify_database(engine, settings.database_direct)
-        before, after = await migrate.upgrade(engine)
+        before, after = await migrate.upgrade(engine, batched=migrate.direct_session(settings))
     finally:
         await engine.dispose()
     if before == after:

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     )
     # How long an Idempotency-Key is remembered.
     idempotency_ttl_hours: float = Field(default=24, gt=0, le=24 * 30)
+    # Per-user quotas (GET /api/{user_id}/limits shows them with their use). Tasks counts live
+    # tasks, completed ones included.
+    quota_tasks_per_user: int = Field(default=100_000, ge=1, le=10_000_000)
+    quota_lists_per_user: int = Field(default=500, ge=1, le=100_000)
+    quota_labels_per_user: int = Field(default=500, ge=1, le=100_000)
+    quota_labels_per_task: int = Field(default=50, ge=1, le=50)
     # Seconds in-flight requests get to finish after SIGTERM (stragglers are then cancelled).
     # Whole seconds: uvicorn's timeout_graceful_shutdown is an int. Keep it below the
     # orchestrator's own grace period (Kubernetes: 30 s) so the pool is closed before SIGKILL.

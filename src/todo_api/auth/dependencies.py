@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.routing import APIRoute
 from fastapi.exceptions import RequestValidationError
 from pydantic import StringConstraints, TypeAdapter, ValidationError
 
@@ -99,3 +100,14 @@ async def authorize(request: Request, user_id: UserIdPath) -> Principal:
 
 
 Owner = Annotated[Principal, Depends(authorize)]
+
+
+def require_owner_on_every_route(router: APIRouter) -> None:
+    """Called at import by each domain router: every route declares `Owner`, so authorisation
+    is never left to a route remembering it (and is resolved once per request: a
+    router-level dependency would be solved a second time on every request)."""
+    for route in router.routes:
+        assert isinstance(route, APIRoute)
+        calls = {dependency.call for dependency in route.dependant.dependencies}
+        if authorize not in calls:
+            raise RuntimeError(f"route {route} does not declare Owner: it would be open to all")

@@ -29,6 +29,9 @@ def run_with(connection: Connection) -> None:
         include_object=migrate.include_object,
         # SQLite cannot ALTER most things; batch mode recreates the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
+        # Each migration commits on its own when the caller left the transactions to Alembic
+        # (migrate.upgrade, batched), so a long data migration need not hold its DDL locks.
+        transaction_per_migration=True,
     )
     with context.begin_transaction():
         context.run_migrations()

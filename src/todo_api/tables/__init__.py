@@ -19,6 +19,8 @@ SQLModel.metadata.naming_convention = {
 }
 
 from todo_api.tables.idempotency_keys import IdempotencyKey  # noqa: E402
+from todo_api.tables.labels import Label, TaskLabel  # noqa: E402
+from todo_api.tables.lists import TaskList  # noqa: E402
 from todo_api.tables.tasks import Task, TaskFields  # noqa: E402
 from todo_api.tables.users import USER_ID_MAX, USER_ID_PATTERN, User  # noqa: E402
 
@@ -28,6 +30,9 @@ __all__ = [
     "USER_ID_MAX",
     "USER_ID_PATTERN",
     "IdempotencyKey",
+    "Label",
+    "TaskLabel",
+    "TaskList",
     "Task",
     "TaskFields",
     "User",

@@ -9,7 +9,7 @@ filterable field lists: a new field is declared here and nowhere else.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime, time
 from typing import Annotated
 
 import sqlalchemy as sa
@@ -23,6 +23,7 @@ from todo_api.platform.http.text import (
     single_line,
     storable_text,
 )
+from todo_api.tables.lists import POSITION
 from todo_api.tables.users import USER_ID_MAX
 
 TITLE_MAX = 255
@@ -74,6 +75,33 @@ class Task(TaskFields, table=True):
         sa.Index("ix_tasks_user_id_updated_at_id", "user_id", "updated_at", "id"),
         sa.Index("ix_tasks_user_id_title_id", "user_id", "title", "id"),
         sa.Index("ix_tasks_user_id_completed_at_id", "user_id", "completed_at", "id"),
+        sa.Index("ix_tasks_user_id_priority_id", "user_id", "priority", "id"),
+        # Serves `sort=due` and, through the local date the wall time starts with, every due
+        # filter (a range on it prunes before the exact test).
+        sa.Index("ix_tasks_user_id_due_sort_id", "user_id", "due_sort", "id"),
+        # Keyed by owner (docs/decisions/0003): the target of task_labels' foreign key.
+        sa.UniqueConstraint("user_id", "id"),
+        # A task lives in one of its owner's lists; the database makes any other list
+        # impossible, and deleting a list deletes its tasks.
+        sa.ForeignKeyConstraint(
+            ["user_id", "list_id"],
+            ["lists.user_id", "lists.id"],
+            ondelete="CASCADE",
+            name="fk_tasks_list",
+        ),
+        # Manual order: unique within a list, so concurrent moves cannot tie; also the
+        # index of `sort=position`.
+        sa.UniqueConstraint("user_id", "list_id", "position"),
+        sa.CheckConstraint("priority BETWEEN 0 AND 3", name="priority_range"),
+        # A due date is all-day (date), floating (date + time) or fixed (date + time + zone,
+        # with its instant `due_at`); `due_sort` is set exactly when there is a date.
+        sa.CheckConstraint(
+            "(due_time IS NULL OR due_date IS NOT NULL)"
+            " AND (due_timezone IS NULL OR due_time IS NOT NULL)"
+            " AND ((due_timezone IS NULL) = (due_at IS NULL))"
+            " AND ((due_date IS NULL) = (due_sort IS NULL))",
+            name="due_shape",
+        ),
         # Search (`q`) on PostgreSQL also has trigram GIN indexes on title and description;
         # they exist only there, so they live in migration 0002, not in this metadata.
     )
@@ -86,6 +114,22 @@ class Task(TaskFields, table=True):
             nullable=False,
         )
     )
+    list_id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid, nullable=False))
+    # Fractional ordering key within the list (todo_api.platform.positions).
+    position: str = Field(sa_column=sa.Column(POSITION, nullable=False))
+    # 0 none, 1 low, 2 medium, 3 high: numbers only here, so that they sort; the API speaks
+    # names (todo_api.tasks.schemas.Priority).
+    priority: int = Field(
+        default=0, sa_column=sa.Column(sa.SmallInteger, nullable=False, server_default="0")
+    )
+    due_date: date | None = Field(default=None, sa_column=sa.Column(sa.Date, nullable=True))
+    due_time: time | None = Field(default=None, sa_column=sa.Column(sa.Time, nullable=True))
+    due_timezone: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    # The instant of a fixed-zone due (date + time in due_timezone), in UTC.
+    due_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime, nullable=True))
+    # The due's wall-clock time (all-day: the end of its day), stored as if it were UTC: the
+    # sort key of `sort=due`, and the prefilter of the date filters.
+    due_sort: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime, nullable=True))
     # Set when the task becomes completed, cleared when it is reopened.
     completed_at: datetime | None = Field(
         default=None, sa_column=sa.Column(UTCDateTime, nullable=True)

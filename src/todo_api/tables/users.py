@@ -1,4 +1,5 @@
-"""`users`: one row per identity-provider user, created on the user's first write."""
+"""`users`: one row per identity-provider user, created (with its inbox) on the user's first
+request that writes or reads the user."""
 
 from __future__ import annotations
 
@@ -21,6 +22,16 @@ class User(SQLModel, table=True):
     id: str = Field(sa_column=sa.Column(sa.String(USER_ID_MAX), primary_key=True))
     email: str | None = Field(
         default=None, sa_column=sa.Column(sa.String(320), unique=True, nullable=True)
+    )
+    # An IANA zone name (checked against zoneinfo on the way in): "today" and "overdue" are
+    # evaluated in it.
+    timezone: str = Field(
+        default="UTC", sa_column=sa.Column(sa.Text, nullable=False, server_default="UTC")
+    )
+    # The user's live tasks, kept by triggers on `tasks` (migration 0004) and read under the
+    # row's lock by a create, so that concurrent creates cannot pass the task quota.
+    task_count: int = Field(
+        default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0")
     )
     created_at: datetime = Field(sa_column=sa.Column(UTCDateTime, nullable=False))
 

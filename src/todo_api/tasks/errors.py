@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-from todo_api.platform.http.conditional import etag
+from todo_api.lists.errors import ListNotFound
+from todo_api.platform.http.conditional import StaleVersion as StaleResource
 from todo_api.platform.http.problems import (
     FieldError,
     NotFound,
-    PreconditionFailed,
     UnprocessableContent,
 )
 
@@ -24,17 +24,34 @@ class TaskNotFound(NotFound):
         super().__init__(f"No task {task_id} for this user")
 
 
-class StaleVersion(PreconditionFailed):
+class TasksNotFound(NotFound):
+    def __init__(self, task_ids: list[uuid.UUID]) -> None:
+        named = ", ".join(map(str, task_ids[:10])) + (" …" if len(task_ids) > 10 else "")
+        super().__init__(f"No task {named} for this user; nothing was changed")
+
+
+class LabelsNotFound(UnprocessableContent):
+    """Label ids that are not the user's live labels."""
+
+    def __init__(self, label_ids: list[uuid.UUID]) -> None:
+        named = ", ".join(map(str, label_ids[:10])) + (" …" if len(label_ids) > 10 else "")
+        message = f"not one of the user's labels: {named}"
+        super().__init__(
+            f"label_ids: {message}",
+            errors=[
+                FieldError(
+                    location="body", field="label_ids", message=message, type="label_not_found"
+                )
+            ],
+        )
+
+
+class StaleVersion(StaleResource):
     """If-Match named versions the task no longer has; `current` is what it is now."""
 
     def __init__(self, current: TaskRead) -> None:
-        tag = etag(current)
-        super().__init__(
-            f"If-Match does not match the task's current ETag {tag}; "
-            "fetch it again and retry with that ETag",
-            headers={"ETag": tag},
-        )
-        self.current = current
+        super().__init__(current, "task")
+        self.current: TaskRead = current
 
 
 class IdempotencyKeyReused(UnprocessableContent):
@@ -53,3 +70,13 @@ class IdempotencyKeyReused(UnprocessableContent):
                 )
             ],
         )
+
+
+__all__ = [
+    "IdempotencyKeyReused",
+    "LabelsNotFound",
+    "ListNotFound",
+    "StaleVersion",
+    "TaskNotFound",
+    "TasksNotFound",
+]

@@ -2,12 +2,14 @@
 
 Rules each function keeps:
 - it takes the owner's `user_id` and filters by it in SQL, so a task of another user behaves
-  exactly like a task that does not exist;
+  exactly like a task that does not exist (lists and labels too: every key includes the
+  owner, and the foreign keys make a task in another user's list impossible);
 - it is one unit of work on one pooled connection, held only while it runs, and a write is
   durable before the function returns (so before the route answers);
-- changes are single statements with RETURNING: no read-then-write in Python, so concurrent
-  requests cannot lose each other's updates, and each write costs one round trip. An If-Match
-  version check is part of the same UPDATE/DELETE, so it cannot race either.
+- simple changes are single statements with RETURNING: no read-then-write in Python, so
+  concurrent requests cannot lose each other's updates. If-Match is part of the same
+  UPDATE/DELETE. Changes that need a read first (labels to check, a place to find among
+  other tasks, many tasks at once) are one transaction that locks what it reads.
 
 Statements are SQLAlchemy Core on the SQLModel tables, built once (at import, or once per
 shape by a cached builder whose shapes are bounded by construction: `listing_shapes`).
@@ -17,57 +19,170 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.sql.dml import ReturningDelete
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from todo_api.platform.database.database import Database
+from todo_api.platform.database.errors import DatabaseError, Failure
 from todo_api.platform.database.executors import Session
+from todo_api.platform.database.ordering import place
 from todo_api.platform.database.types import utcnow
+from todo_api.platform.database.versions import versions_match, versions_parameter
 from todo_api.platform.http.cursor import Cursor
+from todo_api.platform.http.problems import QuotaExceeded
+from todo_api.platform.positions import tail
+from todo_api.platform.zones import zone
 from todo_api.tables.idempotency_keys import idempotency_keys
-from todo_api.tables.tasks import TaskFields, tasks
-from todo_api.tasks.errors import IdempotencyKeyReused, StaleVersion
-from todo_api.tasks.filters import CONDITIONS, TaskFilter
-from todo_api.tasks.schemas import READ_FIELDS, TASK_JSON, TaskCreate, TaskRead
+from todo_api.tables.labels import labels, task_labels
+from todo_api.tables.lists import inbox_id, lists
+from todo_api.tables.tasks import tasks
+from todo_api.tables.users import users
+from todo_api.tasks.errors import (
+    IdempotencyKeyReused,
+    LabelsNotFound,
+    ListNotFound,
+    StaleVersion,
+    TaskNotFound,
+    TasksNotFound,
+)
+from todo_api.tasks.filters import (
+    CONDITIONS,
+    TaskFilter,
+    id_list_parameter,
+    in_id_list,
+    overdue,
+    overdue_parameters,
+    window,
+    window_parameters,
+)
+from todo_api.tasks.ordering import NOBODY, TASK_ORDER, list_scope
+from todo_api.tasks.schemas import (
+    DUE_COLUMNS,
+    INBOX,
+    NO_DUE,
+    PRIORITY_NUMBER,
+    PRIORITY_OF_NUMBER,
+    TASK_JSON,
+    BulkChange,
+    DueColumns,
+    LabelRef,
+    TaskCreate,
+    TaskRead,
+    due_columns,
+    due_read,
+)
 from todo_api.tasks.sorting import DEFAULT_SORT, TaskSort, TaskSortField
-from todo_api.users.repository import ensure_user, insert
-
-# Every statement that returns tasks selects these, in TaskRead's field order.
-_TASK_COLUMNS = tuple(tasks.c[name] for name in READ_FIELDS)
-_WRITABLE = tuple(TaskFields.model_fields)
-
-
-@dataclass(frozen=True)
-class Page:
-    items: list[TaskRead]
-    next_cursor: Cursor[TaskSortField] | None
-    total: int | None = None
+from todo_api.users.repository import (
+    insert,
+    owner_parameters,
+    provision,
+    provisioning_ctes,
+)
 
 
 @dataclass(frozen=True)
-class Stats:
-    total: int
-    completed: int
+class Quotas:
+    tasks: int
+    labels_per_task: int
 
-    @property
-    def pending(self) -> int:
-        return self.total - self.completed
+
+# --- the columns of a task ----------------------------------------------------------------------
+
+
+class task_labels_json(FunctionElement[str]):
+    """The task's labels as a JSON array of [id, name, color], by name: built in the query
+    that reads the task (a correlated subquery on task_labels' primary key)."""
+
+    type = sa.Text()
+    inherit_cache = True
+
+
+_LABELS_FROM = (
+    "FROM task_labels JOIN labels ON labels.user_id = task_labels.user_id "
+    "AND labels.id = task_labels.label_id "
+    "WHERE task_labels.user_id = tasks.user_id AND task_labels.task_id = tasks.id"
+)
+
+
+@compiles(task_labels_json, "postgresql")
+def _labels_postgresql(element: task_labels_json, compiler: Any, **kw: Any) -> str:
+    return (
+        "(SELECT coalesce(json_agg(json_build_array(labels.id, labels.name, labels.color) "
+        f"ORDER BY labels.name_key, labels.id)::text, '[]') {_LABELS_FROM})"
+    )
+
+
+@compiles(task_labels_json)
+def _labels_sqlite(element: task_labels_json, compiler: Any, **kw: Any) -> str:
+    return (
+        "(SELECT json_group_array(json_array(l.id, l.name, l.color)) FROM (SELECT labels.id, "
+        f"labels.name, labels.color {_LABELS_FROM} ORDER BY labels.name_key, labels.id) AS l)"
+    )
+
+
+_TASK_COLUMNS: tuple[sa.ColumnElement[Any], ...] = (
+    tasks.c.id,
+    tasks.c.user_id,
+    tasks.c.list_id,
+    tasks.c.title,
+    tasks.c.description,
+    tasks.c.completed,
+    tasks.c.completed_at,
+    tasks.c.priority,
+    tasks.c.due_date,
+    tasks.c.due_time,
+    tasks.c.due_timezone,
+    tasks.c.due_at,
+    task_labels_json().label("labels"),
+    tasks.c.position,
+    tasks.c.created_at,
+    tasks.c.updated_at,
+    tasks.c.version,
+)
+
+
+def _label_refs(encoded: str | None) -> list[LabelRef]:
+    if not encoded or encoded == "[]":
+        return []
+    return [LabelRef(uuid.UUID(str(id_)), name, color) for id_, name, color in json.loads(encoded)]
 
 
 def _to_task(row: Sequence[Any]) -> TaskRead:
     # Rows come from our own table through typed columns: no second validation needed.
-    return TaskRead(*row)
+    (id_, user_id, list_id, title, description, completed, completed_at, priority, due_date,
+     due_time, due_timezone, due_at, encoded_labels, position, created_at, updated_at,
+     version) = row  # fmt: skip
+    refs = _label_refs(encoded_labels)
+    return TaskRead(
+        id_, user_id, list_id, title, description, completed, completed_at,
+        PRIORITY_OF_NUMBER[priority], due_read(due_date, due_time, due_timezone, due_at),
+        [ref.id for ref in refs], refs, position, created_at, updated_at, version,
+    )  # fmt: skip
 
 
 def _one_task(rows: Sequence[Sequence[Any]]) -> TaskRead | None:
     return _to_task(rows[0]) if rows else None
+
+
+def sort_key(task: TaskRead, sort: TaskSort) -> Any:
+    """The value a task is sorted by (what its cursor carries)."""
+    if sort.field is TaskSortField.DUE:
+        if task.due is None:
+            return None
+        wall = task.due.time if task.due.time is not None else time.max
+        return datetime.combine(task.due.date, wall, tzinfo=UTC)
+    if sort.field is TaskSortField.PRIORITY:
+        return PRIORITY_NUMBER[task.priority]
+    return getattr(task, sort.name)
 
 
 # --- statements --------------------------------------------------------------------------------
@@ -75,41 +190,89 @@ def _one_task(rows: Sequence[Sequence[Any]]) -> TaskRead | None:
 _OWNER = tasks.c.user_id == sa.bindparam("owner_id", type_=tasks.c.user_id.type)
 _OWNED = (tasks.c.id == sa.bindparam("task_id", type_=tasks.c.id.type), _OWNER)
 _GET = sa.select(*_TASK_COLUMNS).where(*_OWNED)
-_STATS = sa.select(sa.func.count(), sa.func.count().filter(tasks.c.completed.is_(True))).where(
-    _OWNER
-)
 _DELETE_ALL = (
     sa.delete(tasks)
     .where(_OWNER, tasks.c.completed == sa.bindparam("done", type_=sa.Boolean))
     .returning(tasks.c.id)
 )
+_STORED = tuple(column for column in tasks.columns)
 _NEW_TASK: dict[str, sa.BindParameter[Any]] = {
-    column.name: sa.bindparam(f"new_{column.name}", type_=column.type) for column in _TASK_COLUMNS
+    column.name: sa.bindparam(f"new_{column.name}", type_=column.type) for column in _STORED
 }
-
-
-def _versions_match(dialect: str) -> sa.ColumnElement[bool]:
-    """If-Match inside the statement: on PostgreSQL `version = ANY(…)` with one parameter (one
-    statement text however many tags); an expanding IN on SQLite.
-
-    The versions travel as text ("3,5") turned into an int[] by the server: an int[] parameter
-    makes asyncpg look the array type up on each new connection first (8 round trips,
-    measured), on the request that happens to use it."""
-    if dialect == "postgresql":
-        versions = sa.cast(
-            sa.func.string_to_array(sa.bindparam("versions", type_=sa.Text), ","),
-            postgresql.ARRAY(sa.Integer),
-        )
-        matches: sa.ColumnElement[bool] = tasks.c.version == sa.any_(versions)
-    else:
-        matches = tasks.c.version.in_(sa.bindparam("versions", expanding=True))
-    return matches
+_LIST_OWNED = (
+    lists.c.user_id == sa.bindparam("owner_id", type_=lists.c.user_id.type),
+    lists.c.id == sa.bindparam("new_list_id", type_=lists.c.id.type),
+)
+_LIST_EXISTS = sa.select(lists.c.id).where(*_LIST_OWNED)
+_LOCK_LIST = _LIST_EXISTS.with_for_update()
+_USER_WITHIN_QUOTA = (
+    sa.select(users.c.id)
+    .where(
+        users.c.id == sa.bindparam("owner_id", type_=users.c.id.type),
+        users.c.task_count < sa.bindparam("task_quota", type_=sa.Integer),
+    )
+    # Waits for a concurrent create of this user, then re-reads its count: race-free.
+    .with_for_update()
+)
+_TASK_COUNT = sa.select(users.c.task_count).where(
+    users.c.id == sa.bindparam("owner_id", type_=users.c.id.type)
+)
+_OWNED_LABELS = sa.select(labels.c.id).where(
+    labels.c.user_id == sa.bindparam("owner_id", type_=labels.c.user_id.type),
+    in_id_list(labels.c.id, sa.bindparam("label_ids", type_=sa.Text)),
+)
+_ADD_LABELS = sa.select(
+    sa.bindparam("owner_id", type_=task_labels.c.user_id.type).label("user_id"),
+    tasks.c.id.label("task_id"),
+    labels.c.id.label("label_id"),
+).where(
+    tasks.c.user_id == sa.bindparam("owner_id", type_=tasks.c.user_id.type),
+    in_id_list(tasks.c.id, sa.bindparam("task_ids", type_=sa.Text)),
+    labels.c.user_id == sa.bindparam("owner_id", type_=labels.c.user_id.type),
+    in_id_list(labels.c.id, sa.bindparam("label_ids", type_=sa.Text)),
+)
+_THE_TASKS = (
+    task_labels.c.user_id == sa.bindparam("owner_id", type_=task_labels.c.user_id.type),
+    in_id_list(task_labels.c.task_id, sa.bindparam("task_ids", type_=sa.Text)),
+)
+_REMOVE_LABELS = sa.delete(task_labels).where(
+    *_THE_TASKS, in_id_list(task_labels.c.label_id, sa.bindparam("label_ids", type_=sa.Text))
+)
+_KEEP_ONLY_LABELS = sa.delete(task_labels).where(
+    *_THE_TASKS,
+    sa.not_(in_id_list(task_labels.c.label_id, sa.bindparam("label_ids", type_=sa.Text))),
+)
+_MOST_LABELS = sa.select(sa.func.max(sa.select(sa.func.count()).where(
+    task_labels.c.user_id == tasks.c.user_id, task_labels.c.task_id == tasks.c.id
+).scalar_subquery())).where(
+    tasks.c.user_id == sa.bindparam("owner_id", type_=tasks.c.user_id.type),
+    in_id_list(tasks.c.id, sa.bindparam("task_ids", type_=sa.Text)),
+)  # fmt: skip
+_SOME = sa.select(*_TASK_COLUMNS).where(
+    _OWNER, in_id_list(tasks.c.id, sa.bindparam("task_ids", type_=sa.Text))
+)
 
 
 @functools.cache
-def _delete(dialect: str, *, guarded: bool) -> ReturningDelete[Any]:
-    statement = sa.delete(tasks).where(*_OWNED).returning(tasks.c.id)
-    return statement.where(_versions_match(dialect)) if guarded else statement
+def _add_labels(dialect: str) -> sa.Insert:
+    statement: sa.Insert = (
+        insert(dialect, task_labels)
+        .from_select(["user_id", "task_id", "label_id"], _ADD_LABELS)
+        .on_conflict_do_nothing()
+    )
+    return statement
+
+
+def _versions_match(dialect: str) -> sa.ColumnElement[bool]:
+    return versions_match(tasks.c.version, dialect)
+
+
+@functools.cache
+def _delete(dialect: str, *, guarded: bool) -> sa.Delete:
+    statement = sa.delete(tasks).where(*_OWNED)
+    if guarded:
+        statement = statement.where(_versions_match(dialect))
+    return statement.returning(tasks.c.id)  # type: ignore[return-value]
 
 
 @functools.cache
@@ -122,28 +285,35 @@ def _insert_task(dialect: str) -> sa.Insert:
     return statement
 
 
-@functools.cache
-def _create_in_one_statement(*, with_email: bool) -> sa.Insert:
-    # PostgreSQL: the user upsert as a CTE of the task INSERT, atomic on its own, one round trip.
-    provisioned = ensure_user("postgresql", with_email=with_email).cte("provisioned")
-    return _insert_task("postgresql").add_cte(provisioned).returning(tasks.c.id)
+# Writable API fields and the columns each one sets (see schemas.TaskInput).
+_FIELD_COLUMNS: dict[str, tuple[str, ...]] = {
+    "title": ("title",),
+    "description": ("description",),
+    "completed": ("completed",),
+    "priority": ("priority",),
+    "due": DUE_COLUMNS,
+    "list_id": ("list_id", "position"),
+}
 
 
 @functools.cache
 def _update(dialect: str, *, toggle: bool, guarded: bool) -> sa.Update:
-    """UPDATE of one owned task, RETURNING it. Each writable field is set only when its
-    `set_<field>` flag is true, so one statement serves every PATCH and PUT (instead of one
-    per subset of fields: 2^n shapes); updated_at and version always change."""
-    values: dict[str, Any] = {
-        name: sa.case(
-            (
-                sa.bindparam(f"set_{name}", type_=sa.Boolean),
-                sa.bindparam(f"value_{name}", type_=tasks.c[name].type),
-            ),
-            else_=tasks.c[name],
-        )
-        for name in _WRITABLE
-    }
+    """UPDATE of one owned task, RETURNING it. Each field is set only when its `set_<field>`
+    flag is true, so one statement serves every PATCH and PUT (instead of one per subset of
+    fields: 2^n shapes); updated_at and version always change."""
+    values: dict[str, Any] = {}
+    for field, columns in _FIELD_COLUMNS.items():
+        flag = sa.bindparam(f"set_{field}", type_=sa.Boolean)
+        for name in columns:
+            value = sa.bindparam(f"value_{name}", type_=tasks.c[name].type)
+            values[name] = sa.case((flag, value), else_=tasks.c[name])
+    # A task "moved" to its own list stays where it is.
+    same_list = tasks.c.list_id == sa.bindparam("value_list_id", type_=tasks.c.list_id.type)
+    values["position"] = sa.case(
+        (sa.and_(sa.bindparam("set_list_id", type_=sa.Boolean), sa.not_(same_list)),
+         sa.bindparam("value_position", type_=tasks.c.position.type)),
+        else_=tasks.c.position,
+    )  # fmt: skip
     if toggle:
         # In the UPDATE itself, so fifty concurrent toggles flip fifty times instead of racing
         # on a value read earlier.
@@ -164,6 +334,16 @@ def _update(dialect: str, *, toggle: bool, guarded: bool) -> sa.Update:
     if guarded:
         statement = statement.where(_versions_match(dialect))
     return statement.returning(*_TASK_COLUMNS)
+
+
+# --- listing -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[TaskRead]
+    next_cursor: Cursor[TaskSortField] | None
+    total: int | None = None
 
 
 @dataclass(frozen=True)
@@ -188,88 +368,185 @@ def listing_shapes() -> Iterator[ListingShape]:
 
 @functools.cache
 def _page(shape: ListingShape) -> sa.Select[Any]:
-    """The listing query for one shape. NULL keys sort last ascending and first descending."""
+    """The listing query for one shape, NULL keys placed as the sort field says."""
     sort = shape.sort
-    column = tasks.c[sort.name]
+    column = tasks.c[sort.column]
+    descending = sort.descending
+    nulls_last = sort.key.nullable and sort.key.nulls_last(descending)
+    after_id = sa.bindparam("after_id", type_=tasks.c.id.type)
     conditions: list[sa.ColumnElement[bool]] = [_OWNER, *CONDITIONS]
     if shape.after == "null":
-        after_id = sa.bindparam("after_id", type_=tasks.c.id.type)
-        if sort.descending:
-            conditions.append(
-                sa.or_(column.is_not(None), sa.and_(column.is_(None), tasks.c.id < after_id))
-            )
-        else:
-            conditions.append(sa.and_(column.is_(None), tasks.c.id > after_id))
+        later_id = tasks.c.id < after_id if descending else tasks.c.id > after_id
+        null_run = sa.and_(column.is_(None), later_id)
+        conditions.append(null_run if nulls_last else sa.or_(column.is_not(None), null_run))
     elif shape.after == "value":
         position = sa.tuple_(column, tasks.c.id)
-        boundary = sa.tuple_(
-            sa.bindparam("after_key", type_=column.type),
-            sa.bindparam("after_id", type_=tasks.c.id.type),
-        )
-        condition = position < boundary if sort.descending else position > boundary
-        if sort.key.nullable and not sort.descending:
+        boundary = sa.tuple_(sa.bindparam("after_key", type_=column.type), after_id)
+        condition = position < boundary if descending else position > boundary
+        if sort.key.nullable and nulls_last:
             condition = sa.or_(condition, column.is_(None))
         conditions.append(condition)
-    order: list[sa.ColumnElement[Any]]
-    if sort.descending:
-        order = [column.desc(), tasks.c.id.desc()]
-        if sort.key.nullable:
-            order[0] = column.desc().nulls_first()
-    else:
-        order = [column, tasks.c.id]
-        if sort.key.nullable:
-            order[0] = column.asc().nulls_last()
+    key = column.desc() if descending else column.asc()
+    if sort.key.nullable:
+        key = key.nulls_last() if nulls_last else key.nulls_first()
+    order = [key, tasks.c.id.desc() if descending else tasks.c.id]
     return sa.select(*_TASK_COLUMNS).where(*conditions).order_by(*order).limit(sa.bindparam("n"))
 
 
 _COUNT = sa.select(sa.func.count()).select_from(tasks).where(_OWNER, *CONDITIONS)
 
 
+async def zone_of(db: Database, user_id: str) -> str:
+    rows = await db.rows(
+        sa.select(users.c.timezone).where(
+            users.c.id == sa.bindparam("owner_id", type_=users.c.id.type)
+        ),
+        {"owner_id": user_id},
+        idempotent=True,
+    )
+    return str(rows[0][0]) if rows else "UTC"
+
+
+async def list_tasks(
+    db: Database,
+    *,
+    user_id: str,
+    limit: int,
+    sort: TaskSort = DEFAULT_SORT,
+    filters: TaskFilter | None = None,
+    after: Cursor[TaskSortField] | None = None,
+    include_total: bool = False,
+) -> Page:
+    """One page in the requested order; the cursor points past its last item when more follow.
+
+    Keyset pagination: `(sort key, id)` strictly after the cursor's, so the query stays an index
+    range scan however deep the page, and inserts or deletes elsewhere cannot shift it.
+    """
+    filters = filters or TaskFilter()
+    zone_name = "UTC"
+    if filters.needs_zone and filters.tz is None:
+        zone_name = await zone_of(db, user_id)
+    parameters: dict[str, Any] = {
+        "owner_id": user_id,
+        **filters.parameters(db.dialect, zone_name),
+        "n": limit + 1,  # one extra row tells whether another page exists, without a COUNT
+    }
+    position = None
+    if after is not None:
+        parameters |= {"after_key": after.key, "after_id": after.id}
+        position = "null" if after.key is None else "value"
+    rows = await db.rows(_page(ListingShape(sort, position)), parameters, idempotent=True)
+    items = [_to_task(row) for row in rows[:limit]]
+    cursor = None
+    if len(rows) > limit:
+        last = items[-1]
+        cursor = Cursor(
+            sort=sort, scope=filters.fingerprint(), key=sort_key(last, sort), id=last.id
+        )
+    total = None
+    if include_total:
+        total = int((await db.rows(_COUNT, parameters, idempotent=True))[0][0])
+    return Page(items=items, next_cursor=cursor, total=total)
+
+
+@dataclass(frozen=True)
+class Stats:
+    total: int
+    completed: int
+    overdue: int
+    due_today: int
+
+    @property
+    def pending(self) -> int:
+        return self.total - self.completed
+
+
+_STATS = sa.select(
+    sa.func.count(),
+    sa.func.count().filter(tasks.c.completed.is_(True)),
+    sa.func.count().filter(overdue()),
+    sa.func.count().filter(
+        tasks.c.completed.is_(False), tasks.c.due_date.is_not(None), window("due")
+    ),
+).where(_OWNER)
+
+
+async def task_stats(db: Database, *, user_id: str, now: datetime | None = None) -> Stats:
+    """Counts in one query (one index range scan of the user's tasks), in the user's zone."""
+    zone_name = await zone_of(db, user_id)
+    now = now or utcnow()
+    today = now.astimezone(zone(zone_name)).date()
+    parameters = {
+        "owner_id": user_id,
+        **overdue_parameters(now, zone_name),
+        **window_parameters("due", today, today, zone_name),
+    }
+    counts: Sequence[Any] = (await db.rows(_STATS, parameters, idempotent=True))[0]
+    return Stats(*(int(count) for count in counts))
+
+
 # --- create ------------------------------------------------------------------------------------
 
 
-def _new_task(user_id: str, data: TaskCreate) -> TaskRead:
+def _stored_values(task: TaskRead, due: DueColumns) -> dict[str, Any]:
+    """The row of a task, by column name."""
+    return {
+        "id": task.id,
+        "user_id": task.user_id,
+        "list_id": task.list_id,
+        "title": task.title,
+        "description": task.description,
+        "completed": task.completed,
+        "completed_at": task.completed_at,
+        "priority": PRIORITY_NUMBER[task.priority],
+        "position": task.position,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "version": task.version,
+        **{name: getattr(due, name) for name in DUE_COLUMNS},
+    }
+
+
+def resolve_list(list_ref: uuid.UUID | str, user_id: str) -> uuid.UUID:
+    return inbox_id(user_id) if list_ref == INBOX else uuid.UUID(str(list_ref))
+
+
+@dataclass(frozen=True)
+class NewTask:
+    task: TaskRead
+    parameters: dict[str, Any]
+    into_inbox: bool
+
+
+def _new_task(
+    user_id: str, data: TaskCreate, email: str | None, labels_found: list[LabelRef]
+) -> NewTask:
     # Everything about a new task is decided here, so its representation is known before the
     # INSERT (the idempotency record stores it in the same statement).
     now = utcnow()
-    fields = {name: getattr(data, name) for name in _WRITABLE}
-    return TaskRead(
+    list_id = resolve_list(data.list_id, user_id)
+    due = due_columns(data.due)
+    task = TaskRead(
         id=uuid.uuid4(),
         user_id=user_id,
+        list_id=list_id,
+        title=data.title,
+        description=data.description,
+        completed=data.completed,
         completed_at=now if data.completed else None,
+        priority=data.priority,
+        due=due_read(due.due_date, due.due_time, due.due_timezone, due.due_at),
+        label_ids=[label.id for label in labels_found],
+        labels=labels_found,
+        # The end of the list, from the clock: no read of the list (positions.tail).
+        position=tail(now),
         created_at=now,
         updated_at=now,
         version=1,
-        **fields,
     )
-
-
-def _task_parameters(task: TaskRead, email: str | None) -> dict[str, Any]:
-    parameters = {f"new_{name}": getattr(task, name) for name in _NEW_TASK}
-    return parameters | {"owner_id": task.user_id, "now": task.created_at, "owner_email": email}
-
-
-async def create_task(
-    db: Database, *, user_id: str, data: TaskCreate, email: str | None = None
-) -> TaskRead:
-    task = _new_task(user_id, data)
-    parameters = _task_parameters(task, email)
-    with_email = email is not None
-    if db.dialect == "postgresql":
-        statement = _create_in_one_statement(with_email=with_email)
-        await db.rows(statement, parameters, idempotent=True)
-        return task
-
-    async def work(session: Session) -> None:  # SQLite has no INSERT inside WITH
-        await session.rows(ensure_user(db.dialect, with_email=with_email), parameters)
-        await session.rows(_insert_task(db.dialect), parameters)
-
-    await db.transaction(work, idempotent=True)
-    return task
-
-
-def request_fingerprint(data: TaskCreate) -> str:
-    return hashlib.sha256(data.model_dump_json().encode()).hexdigest()
+    parameters = {f"new_{name}": value for name, value in _stored_values(task, due).items()}
+    parameters |= owner_parameters(user_id, now, email)
+    return NewTask(task, parameters, into_inbox=list_id == inbox_id(user_id))
 
 
 _KEY_COLUMNS = {
@@ -288,12 +565,14 @@ _PREVIOUS = sa.select(idempotency_keys.c.request_hash, idempotency_keys.c.respon
 )
 
 
-@functools.cache
-def _claim(dialect: str) -> sa.Insert:
+def _claim(dialect: str, allowed: sa.ColumnElement[bool] | None = None) -> sa.Insert:
     """Claim the key: a new row, or the row of an expired claim of the same key, taken over.
     No row back: the key is held by a live claim (whose transaction, if still open, was
-    waited for)."""
-    statement = insert(dialect, idempotency_keys).values(_KEY_COLUMNS)
+    waited for), or (`allowed` false) the create was refused."""
+    columns = sa.select(*(value.label(name) for name, value in _KEY_COLUMNS.items()))
+    if allowed is not None:
+        columns = columns.where(allowed)
+    statement = insert(dialect, idempotency_keys).from_select(list(_KEY_COLUMNS), columns)
     takeover = {
         name: getattr(statement.excluded, name)
         for name in ("request_hash", "response_body", "created_at", "expires_at")
@@ -313,27 +592,72 @@ def _expire(dialect: str) -> sa.Delete:
 
 
 @functools.cache
-def _keyed_create_in_one_statement(*, with_email: bool) -> sa.Select[Any]:
-    """PostgreSQL: provision the user, drop their expired keys, claim the key and, only when
-    the claim succeeded, insert the task; one statement, atomic on its own, one round trip.
-    Returns whether the key was claimed (false: it is held by an earlier request)."""
-    provisioned = ensure_user("postgresql", with_email=with_email).cte("provisioned")
-    expired = _expire("postgresql").cte("expired")
-    claimed = _claim("postgresql").cte("claimed")
-    columns = [_NEW_TASK[column.name].label(column.name) for column in _TASK_COLUMNS]
+def _create_in_one_statement(
+    *, with_email: bool, keyed: bool, into_inbox: bool
+) -> sa.Select[bool, bool, bool]:
+    """PostgreSQL: provision the user, check the quota (locking the user's row), check the
+    list, [drop expired keys, claim the key,] insert the task: one statement, atomic on its
+    own, one round trip. Returns (allowed, claimed, inserted)."""
+    provisioned, inbox = provisioning_ctes(with_email=with_email)
+    quota = _USER_WITHIN_QUOTA.cte("quota")
+    ctes: list[sa.CTE] = [provisioned, inbox, quota]
+    # A user created by this statement has no tasks yet; otherwise its locked row decides.
+    allowed = sa.or_(sa.exists(sa.select(provisioned.c.id)), sa.exists(sa.select(quota.c.id)))
+    if not into_inbox:  # the inbox is made above when missing; another list must exist
+        allowed = sa.and_(allowed, sa.exists(_LIST_EXISTS))
+    go = allowed
+    claimed = None
+    if keyed:
+        ctes.append(_expire("postgresql").cte("expired"))
+        claimed = _claim("postgresql", allowed).cte("claimed")
+        ctes.append(claimed)
+        go = sa.exists(sa.select(claimed.c.key))
+    columns = [_NEW_TASK[column.name].label(column.name) for column in _STORED]
     new_task = (
         postgresql.insert(tasks)
-        .from_select(
-            [column.name for column in _TASK_COLUMNS],
-            sa.select(*columns).where(sa.exists(sa.select(claimed.c.key))),
-        )
+        .from_select([column.name for column in _STORED], sa.select(*columns).where(go))
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(tasks.c.id)
         .cte("new_task")
     )
-    return sa.select(sa.exists(sa.select(claimed.c.key)).label("claimed")).add_cte(
-        provisioned, expired, claimed, new_task
+    ctes.append(new_task)
+    return sa.select(
+        allowed.label("allowed"),
+        (sa.exists(sa.select(claimed.c.key)) if claimed is not None else sa.true()).label(
+            "claimed"
+        ),
+        sa.exists(sa.select(new_task.c.id)).label("inserted"),
+    ).add_cte(*ctes)
+
+
+async def _labels_checked(
+    session: Session | Database, dialect: str, user_id: str, label_ids: Sequence[uuid.UUID]
+) -> list[LabelRef]:
+    """The user's labels with these ids, by name; LabelsNotFound naming any that are not."""
+    if not label_ids:
+        return []
+    statement = (
+        sa.select(labels.c.id, labels.c.name, labels.c.color)
+        .where(
+            labels.c.user_id == sa.bindparam("owner_id", type_=labels.c.user_id.type),
+            in_id_list(labels.c.id, sa.bindparam("label_ids", type_=sa.Text)),
+        )
+        .order_by(labels.c.name_key, labels.c.id)
     )
+    parameters = {"owner_id": user_id, "label_ids": id_list_parameter(label_ids, dialect)}
+    if isinstance(session, Database):
+        rows = await session.rows(statement, parameters, idempotent=True)
+    else:
+        rows = await session.rows(statement, parameters)
+    found = [LabelRef(*row) for row in rows]
+    missing = [label for label in label_ids if label not in {ref.id for ref in found}]
+    if missing:
+        raise LabelsNotFound(missing)
+    return found
+
+
+def request_fingerprint(data: TaskCreate) -> str:
+    return hashlib.sha256(data.model_dump_json().encode()).hexdigest()
 
 
 def _key_parameters(task: TaskRead, key: str, fingerprint: str, ttl: timedelta) -> dict[str, Any]:
@@ -348,47 +672,104 @@ def _key_parameters(task: TaskRead, key: str, fingerprint: str, ttl: timedelta) 
     }
 
 
-async def create_task_once(
+async def create_task(
     db: Database,
     *,
     user_id: str,
     data: TaskCreate,
-    key: str,
-    ttl: timedelta,
+    quotas: Quotas,
     email: str | None = None,
+    key: str | None = None,
+    ttl: timedelta = timedelta(hours=24),
 ) -> tuple[TaskRead, bool]:
-    """Create a task under an Idempotency-Key; (task, replayed).
+    """Create a task, under an Idempotency-Key when `key` is given; (task, replayed).
 
     The key is claimed with INSERT … ON CONFLICT together with the task: a concurrent request
     with the same key waits on the claim (PostgreSQL) or the write lock (SQLite), then finds
     the stored response. A claim past its expiry is taken over. Idempotent by construction:
-    run again after a commit whose answer was lost, it finds its own claim and replays it.
+    run again after a commit whose answer was lost, it finds its own claim (or its own row).
+    Raises QuotaExceeded, ListNotFound, LabelsNotFound, IdempotencyKeyReused.
     """
+    if len(data.label_ids) > quotas.labels_per_task:
+        raise QuotaExceeded("labels per task", quotas.labels_per_task)
     fingerprint = request_fingerprint(data)
-    task = _new_task(user_id, data)
-    with_email = email is not None
-    parameters = _task_parameters(task, email) | _key_parameters(task, key, fingerprint, ttl)
-    if db.dialect == "postgresql":
-        statement = _keyed_create_in_one_statement(with_email=with_email)
-        [(claimed,)] = await db.rows(statement, parameters, idempotent=True)
-        stored = None if claimed else await db.rows(_PREVIOUS, parameters, idempotent=True)
+    # Labels are read first only when there are any: their names go into the answer.
+    found = await _labels_checked(db, db.dialect, user_id, data.label_ids) if data.label_ids else []
+    new = _new_task(user_id, data, email, found)
+    parameters = new.parameters | {"task_quota": quotas.tasks}
+    if key is not None:
+        parameters |= _key_parameters(new.task, key, fingerprint, ttl)
+    if db.dialect == "postgresql" and not data.label_ids:
+        statement = _create_in_one_statement(
+            with_email=email is not None, keyed=key is not None, into_inbox=new.into_inbox
+        )
+        for _ in range(2):
+            [(allowed, claimed, inserted)] = await db.rows(statement, parameters, idempotent=True)
+            if allowed or not await _below_quota(db, user_id, quotas.tasks):
+                break  # else: lost a race with this user's creation; its row is there now
+        outcome = "created" if inserted else await _why_not(db, new, allowed, claimed, quotas)
     else:
-
-        async def work(session: Session) -> Sequence[Sequence[Any]] | None:
-            await session.rows(ensure_user(db.dialect, with_email=with_email), parameters)
-            await session.rows(_expire(db.dialect), parameters)
-            if not await session.rows(_claim(db.dialect), parameters):
-                return await session.rows(_PREVIOUS, parameters)
-            await session.rows(_insert_task(db.dialect), parameters)
-            return None
-
-        stored = await db.transaction(work, idempotent=True)
-    if not stored:
-        return task, False
+        outcome = await db.transaction(
+            lambda session: _create_in_transaction(
+                session, db.dialect, new, parameters, quotas, key, data.label_ids
+            ),
+            idempotent=True,
+        )
+    if outcome == "created":
+        return new.task, False
+    stored = await db.rows(_PREVIOUS, parameters, idempotent=True)
     request_hash, response_body = stored[0]
     if request_hash != fingerprint:
         raise IdempotencyKeyReused()
     return TASK_JSON.validate_json(response_body), True
+
+
+async def _below_quota(db: Database, user_id: str, quota: int) -> bool:
+    rows = await db.rows(_TASK_COUNT, {"owner_id": user_id}, idempotent=True)
+    return bool(rows) and int(rows[0][0]) < quota
+
+
+async def _why_not(db: Database, new: NewTask, allowed: bool, claimed: bool, quotas: Quotas) -> str:
+    if not allowed:
+        if not new.into_inbox and not await db.rows(_LIST_EXISTS, new.parameters, idempotent=True):
+            raise ListNotFound(new.task.list_id)
+        raise QuotaExceeded("tasks", quotas.tasks)
+    if not claimed:
+        return "replayed"
+    return "created"  # a retry found the row its first attempt wrote
+
+
+async def _create_in_transaction(
+    session: Session,
+    dialect: str,
+    new: NewTask,
+    parameters: dict[str, Any],
+    quotas: Quotas,
+    key: str | None,
+    label_ids: Sequence[uuid.UUID],
+) -> str:
+    user_id = new.task.user_id
+    if not await provision(session, dialect, parameters):
+        if not await session.rows(_USER_WITHIN_QUOTA, parameters):
+            raise QuotaExceeded("tasks", quotas.tasks)
+    if not new.into_inbox and not await session.rows(_LIST_EXISTS, parameters):
+        raise ListNotFound(new.task.list_id)
+    if key is not None:
+        await session.rows(_expire(dialect), parameters)
+        if not await session.rows(_claim(dialect), parameters):
+            return "replayed"
+    await session.rows(_insert_task(dialect), parameters)
+    if label_ids:
+        # The labels were checked before; one deleted since fails the foreign key (409).
+        await session.rows(
+            _add_labels(dialect),
+            {
+                "owner_id": user_id,
+                "task_ids": id_list_parameter([new.task.id], dialect),
+                "label_ids": id_list_parameter(label_ids, dialect),
+            },
+        )
+    return "created"
 
 
 # --- read ----------------------------------------------------------------------------------------
@@ -397,50 +778,6 @@ async def create_task_once(
 async def get_task(db: Database, *, user_id: str, task_id: uuid.UUID) -> TaskRead | None:
     rows = await db.rows(_GET, {"task_id": task_id, "owner_id": user_id}, idempotent=True)
     return _one_task(rows)
-
-
-async def list_tasks(
-    db: Database,
-    *,
-    user_id: str,
-    limit: int,
-    sort: TaskSort = DEFAULT_SORT,
-    filters: TaskFilter | None = None,
-    after: Cursor[TaskSortField] | None = None,
-    include_total: bool = False,
-) -> Page:
-    """One page in the requested order; the cursor points past its last item when more follow.
-
-    Keyset pagination: `(sort key, id)` strictly after the cursor's, so the query stays an index
-    range scan however deep the page, and inserts or deletes elsewhere cannot shift it.
-    """
-    filters = filters or TaskFilter()
-    parameters: dict[str, Any] = {
-        "owner_id": user_id,
-        **filters.parameters(),
-        "n": limit + 1,  # one extra row tells whether another page exists, without a COUNT
-    }
-    position = None
-    if after is not None:
-        parameters |= {"after_key": after.key, "after_id": after.id}
-        position = "null" if after.key is None else "value"
-    rows = await db.rows(_page(ListingShape(sort, position)), parameters, idempotent=True)
-    items = [_to_task(row) for row in rows[:limit]]
-    cursor = None
-    if len(rows) > limit:
-        last = items[-1]
-        key = getattr(last, sort.name)
-        cursor = Cursor(sort=sort, scope=filters.fingerprint(), key=key, id=last.id)
-    total = None
-    if include_total:
-        total = int((await db.rows(_COUNT, parameters, idempotent=True))[0][0])
-    return Page(items=items, next_cursor=cursor, total=total)
-
-
-async def task_stats(db: Database, *, user_id: str) -> Stats:
-    """Counts in one query (one index range scan of the user's tasks)."""
-    counts: Sequence[Any] = (await db.rows(_STATS, {"owner_id": user_id}, idempotent=True))[0]
-    return Stats(total=int(counts[0]), completed=int(counts[1]))
 
 
 # --- change -------------------------------------------------------------------------------------
@@ -452,6 +789,7 @@ async def _changed(
     parameters: dict[str, Any],
     *,
     if_match: Sequence[int] | None,
+    session: Session | None = None,
 ) -> Sequence[Sequence[Any]]:
     """Run an UPDATE/DELETE of one owned task, guarded by If-Match versions when given.
 
@@ -459,16 +797,51 @@ async def _changed(
     tell the two apart (404 or 412).
     """
     if if_match is not None:
-        versions = list(if_match)
-        parameters["versions"] = (
-            ",".join(map(str, versions)) if db.dialect == "postgresql" else versions
-        )
-    rows = await db.rows(statement, parameters, idempotent=False)
+        parameters["versions"] = versions_parameter(if_match, db.dialect)
+    if session is None:
+        rows = await db.rows(statement, parameters, idempotent=False)
+    else:
+        rows = await session.rows(statement, parameters)
     if not rows and if_match is not None:
-        current = await get_task(db, user_id=parameters["owner_id"], task_id=parameters["task_id"])
+        if session is None:
+            current = await get_task(
+                db, user_id=parameters["owner_id"], task_id=parameters["task_id"]
+            )
+        else:
+            current = _one_task(await session.rows(_GET, parameters))
         if current is not None:
             raise StaleVersion(current)
     return rows
+
+
+def _update_parameters(
+    user_id: str, task_id: uuid.UUID, values: Mapping[str, Any]
+) -> dict[str, Any]:
+    now = utcnow()
+    parameters: dict[str, Any] = {"task_id": task_id, "owner_id": user_id, "now": now}
+    columns: dict[str, Any] = {}
+    if "title" in values:
+        columns["title"] = values["title"]
+    if "description" in values:
+        columns["description"] = values["description"]
+    if "completed" in values:
+        columns["completed"] = values["completed"]
+    if "priority" in values:
+        columns["priority"] = PRIORITY_NUMBER[values["priority"]]
+    if "due" in values:
+        due = values["due"]
+        columns |= {
+            name: getattr(due_columns(due) if due is not None else NO_DUE, name)
+            for name in DUE_COLUMNS
+        }
+    if "list_id" in values:
+        columns["list_id"] = resolve_list(values["list_id"], user_id)
+        columns["position"] = tail(now)  # the end of the destination list
+    for field, names in _FIELD_COLUMNS.items():
+        parameters[f"set_{field}"] = field in values
+        for name in names:
+            parameters[f"value_{name}"] = columns.get(name)
+    return parameters
 
 
 async def _update_one(
@@ -479,13 +852,38 @@ async def _update_one(
     values: Mapping[str, Any],
     toggle: bool = False,
     if_match: Sequence[int] | None,
+    quotas: Quotas | None = None,
 ) -> TaskRead | None:
+    """Raises ListNotFound (a `list_id` that is not the user's), LabelsNotFound."""
     statement = _update(db.dialect, toggle=toggle, guarded=if_match is not None)
-    parameters: dict[str, Any] = {"task_id": task_id, "owner_id": user_id, "now": utcnow()}
-    for name in _WRITABLE:
-        parameters[f"set_{name}"] = name in values
-        parameters[f"value_{name}"] = values.get(name)
-    return _one_task(await _changed(db, statement, parameters, if_match=if_match))
+    parameters = _update_parameters(user_id, task_id, values)
+    label_ids = values.get("label_ids")
+    if label_ids is not None and quotas is not None and len(label_ids) > quotas.labels_per_task:
+        raise QuotaExceeded("labels per task", quotas.labels_per_task)
+    try:
+        if label_ids is None:
+            return _one_task(await _changed(db, statement, parameters, if_match=if_match))
+
+        async def work(session: Session) -> TaskRead | None:
+            await _labels_checked(session, db.dialect, user_id, label_ids)
+            if not await _changed(db, statement, parameters, if_match=if_match, session=session):
+                return None
+            ids = {
+                "owner_id": user_id,
+                "task_ids": id_list_parameter([task_id], db.dialect),
+                "label_ids": id_list_parameter(label_ids, db.dialect),
+            }
+            await session.rows(_KEEP_ONLY_LABELS, ids)
+            if label_ids:
+                await session.rows(_add_labels(db.dialect), ids)
+            return _one_task(await session.rows(_GET, parameters))
+
+        return await db.transaction(work, idempotent=False)
+    except DatabaseError as error:
+        # The only constraint a checked change can break: the list is not the user's.
+        if error.failure is Failure.INTEGRITY and "list_id" in values:
+            raise ListNotFound(values["list_id"]) from None
+        raise
 
 
 async def replace_task(
@@ -495,9 +893,11 @@ async def replace_task(
     task_id: uuid.UUID,
     data: TaskCreate,
     if_match: Sequence[int] | None = None,
+    quotas: Quotas | None = None,
 ) -> TaskRead | None:
+    values = {name: getattr(data, name) for name in TaskCreate.model_fields}
     return await _update_one(
-        db, user_id=user_id, task_id=task_id, values=data.model_dump(), if_match=if_match
+        db, user_id=user_id, task_id=task_id, values=values, if_match=if_match, quotas=quotas
     )
 
 
@@ -508,6 +908,7 @@ async def update_task(
     task_id: uuid.UUID,
     changes: Mapping[str, Any],
     if_match: Sequence[int] | None = None,
+    quotas: Quotas | None = None,
 ) -> TaskRead | None:
     if not changes:  # nothing to change: not a modification; version and updated_at stay
         task = await get_task(db, user_id=user_id, task_id=task_id)
@@ -515,7 +916,7 @@ async def update_task(
             raise StaleVersion(task)
         return task
     return await _update_one(
-        db, user_id=user_id, task_id=task_id, values=changes, if_match=if_match
+        db, user_id=user_id, task_id=task_id, values=changes, if_match=if_match, quotas=quotas
     )
 
 
@@ -551,3 +952,161 @@ async def delete_tasks(db: Database, *, user_id: str, completed: bool) -> int:
     """Delete all of the user's tasks whose `completed` is as given; how many."""
     parameters = {"owner_id": user_id, "done": completed}
     return len(await db.rows(_DELETE_ALL, parameters, idempotent=False))
+
+
+# --- move ---------------------------------------------------------------------------------------
+
+_CURRENT = sa.select(tasks.c.list_id, tasks.c.version).where(*_OWNED)
+_PLACE = (
+    sa.update(tasks)
+    .where(*_OWNED)
+    .values(
+        list_id=sa.bindparam("new_list_id", type_=tasks.c.list_id.type),
+        position=sa.bindparam("position", type_=tasks.c.position.type),
+        updated_at=sa.bindparam("now", type_=tasks.c.updated_at.type),
+        version=tasks.c.version + 1,
+    )
+    .returning(*_TASK_COLUMNS)
+)
+
+
+async def move_task(
+    db: Database,
+    *,
+    user_id: str,
+    task_id: uuid.UUID,
+    list_ref: uuid.UUID | str | None,
+    after_id: uuid.UUID | None,
+    before_id: uuid.UUID | None,
+    if_match: Sequence[int] | None = None,
+) -> TaskRead:
+    """Put the task after/before another task of the destination list (default: its own), or
+    first. The destination list's row is locked, so concurrent moves into it take turns and
+    never compute the same key. Raises TaskNotFound, StaleVersion, ListNotFound,
+    AnchorNotFound."""
+    now = utcnow()
+
+    async def work(session: Session) -> TaskRead:
+        owned = {"owner_id": user_id, "task_id": task_id}
+        current = await session.rows(_CURRENT, owned)
+        if not current:
+            raise TaskNotFound(task_id)
+        list_id, version = current[0]
+        if if_match is not None and version not in if_match:
+            task = _one_task(await session.rows(_GET, owned))
+            assert task is not None
+            raise StaleVersion(task)
+        destination = resolve_list(list_ref, user_id) if list_ref is not None else list_id
+        if not await session.rows(_LOCK_LIST, owned | {"new_list_id": destination}):
+            raise ListNotFound(list_ref if list_ref is not None else destination)
+        position = await place(
+            session, TASK_ORDER, list_scope(user_id, destination), moving_id=task_id,
+            after_id=after_id, before_id=before_id, now=now,
+        )  # fmt: skip
+        parameters = owned | {"new_list_id": destination, "position": position, "now": now}
+        task = _one_task(await session.rows(_PLACE, parameters))
+        assert task is not None
+        return task
+
+    return await db.transaction(work, idempotent=False)
+
+
+# --- bulk ---------------------------------------------------------------------------------------
+
+_EXISTING = sa.select(tasks.c.id).where(
+    _OWNER, in_id_list(tasks.c.id, sa.bindparam("task_ids", type_=sa.Text))
+)
+
+
+@functools.cache
+def _bulk_update() -> sa.Update:
+    """Set the chosen fields of the named tasks (one statement for all of them)."""
+    now = sa.bindparam("now", type_=tasks.c.updated_at.type)
+    values: dict[str, Any] = {}
+    for field in ("completed", "priority", "due"):
+        flag = sa.bindparam(f"set_{field}", type_=sa.Boolean)
+        for name in _FIELD_COLUMNS[field]:
+            values[name] = sa.case(
+                (flag, sa.bindparam(f"value_{name}", type_=tasks.c[name].type)), else_=tasks.c[name]
+            )
+    completed = values["completed"]
+    values |= {
+        "completed_at": sa.case(
+            (sa.and_(completed, sa.not_(tasks.c.completed)), now),
+            (completed, tasks.c.completed_at),
+            else_=sa.null(),
+        ),
+        "updated_at": now,
+        "version": tasks.c.version + 1,
+    }
+    return (
+        sa.update(tasks)
+        .values(values)
+        .where(_OWNER, in_id_list(tasks.c.id, sa.bindparam("task_ids", type_=sa.Text)))
+    )
+
+
+async def bulk_change(
+    db: Database, *, user_id: str, change: BulkChange, quotas: Quotas
+) -> list[TaskRead]:
+    """All or nothing, in one transaction: every id must be one of the user's tasks (else
+    TasksNotFound naming those that are not), the list and labels the user's; the changed tasks
+    come back in the order of `ids`."""
+    now = utcnow()
+    dialect = db.dialect
+    ids = id_list_parameter(change.ids, dialect)
+    fields = change.set.model_fields_set
+    values = {name: getattr(change.set, name) for name in fields}
+    parameters = _update_parameters(user_id, NOBODY, values) | {
+        "owner_id": user_id, "task_ids": ids, "now": now,
+    }  # fmt: skip
+
+    async def work(session: Session) -> list[TaskRead]:
+        found = {row[0] for row in await session.rows(_EXISTING, parameters)}
+        missing = [task_id for task_id in change.ids if task_id not in found]
+        if missing:
+            raise TasksNotFound(missing)
+        await _labels_checked(
+            session, dialect, user_id, [*change.add_label_ids, *change.remove_label_ids]
+        )
+        await session.rows(_bulk_update(), parameters)
+        if "list_id" in values and values["list_id"] is not None:
+            destination = resolve_list(values["list_id"], user_id)
+            if not await session.rows(_LOCK_LIST, parameters | {"new_list_id": destination}):
+                raise ListNotFound(values["list_id"])
+            # To the end of the destination, in the order given: one key each after a tail.
+            prefix = tail(now)
+            for index, task_id in enumerate(change.ids):
+                await session.rows(_MOVE_TO_END, {
+                    "owner_id": user_id, "task_id": task_id, "new_list_id": destination,
+                    "position": f"{prefix}{index + 1:03d}V",
+                })  # fmt: skip
+        labelled = {"owner_id": user_id, "task_ids": ids}
+        if change.remove_label_ids:
+            await session.rows(
+                _REMOVE_LABELS,
+                labelled | {"label_ids": id_list_parameter(change.remove_label_ids, dialect)},
+            )
+        if change.add_label_ids:
+            await session.rows(
+                _add_labels(dialect),
+                labelled | {"label_ids": id_list_parameter(change.add_label_ids, dialect)},
+            )
+            [(most,)] = await session.rows(_MOST_LABELS, labelled)
+            if most is not None and most > quotas.labels_per_task:
+                raise QuotaExceeded("labels per task", quotas.labels_per_task)
+        rows = await session.rows(_SOME, labelled)
+        by_id = {task.id: task for task in map(_to_task, rows)}
+        return [by_id[task_id] for task_id in change.ids]
+
+    return await db.transaction(work, idempotent=False)
+
+
+_MOVE_TO_END = (
+    sa.update(tasks)
+    .where(*_OWNED, tasks.c.list_id != sa.bindparam("new_list_id", type_=tasks.c.list_id.type))
+    .values(
+        list_id=sa.bindparam("new_list_id", type_=tasks.c.list_id.type),
+        position=sa.bindparam("position", type_=tasks.c.position.type),
+    )
+)

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
 from pydantic import AfterValidator, AwareDatetime, BaseModel
 
-from todo_api.auth.dependencies import Owner, authorize
+from todo_api.auth.dependencies import Owner, require_owner_on_every_route
+from todo_api.lists.errors import BadAnchor, BothAnchors
+from todo_api.platform.database.ordering import AnchorNotFound
 from todo_api.platform.http.conditional import (
     IfMatchHeader,
     IfNoneMatchHeader,
@@ -27,16 +28,32 @@ from todo_api.platform.http.conditional import none_match as if_none_match_hits
 from todo_api.platform.http.cursor import Cursor, InvalidCursor
 from todo_api.platform.http.dependencies import DatabaseDep, SettingsDep
 from todo_api.platform.http.openapi import REQUIRED_MARK, headers, operation_id
-from todo_api.platform.http.problems import BadRequest, responses
+from todo_api.platform.http.problems import (
+    BadRequest,
+    FieldError,
+    UnprocessableContent,
+    quota_responses,
+    responses,
+)
 from todo_api.platform.http.text import STORABLE_PATTERN, storable_text
+from todo_api.platform.zones import ZONE_NAME_MAX, checked_zone
+from todo_api.settings import Settings
 from todo_api.tasks import repository
 from todo_api.tasks.errors import TaskNotFound
-from todo_api.tasks.filters import TaskFilter
+from todo_api.tasks.filters import DueFilter, TaskFilter
+from todo_api.tasks.repository import resolve_list
 from todo_api.tasks.schemas import (
+    PRIORITY_NUMBER,
     TASK_JSON,
+    TASKS_JSON,
+    BulkChange,
+    BulkResult,
     CompletionSet,
     Deleted,
+    ListRef,
+    Priority,
     TaskCreate,
+    TaskMove,
     TaskPage,
     TaskRead,
     TaskStats,
@@ -103,7 +120,33 @@ class Listing:
     include_total: bool
 
 
+def _query_error(field: str, message: str, kind: str) -> UnprocessableContent:
+    return UnprocessableContent(
+        f"{field}: {message}",
+        errors=[FieldError(location="query", field=field, message=message, type=kind)],
+    )
+
+
+def _ids(field: str, value: str | None) -> tuple[uuid.UUID, ...]:
+    if value is None:
+        return ()
+    ids = tuple(uuid.UUID(part) for part in value.split(","))
+    if len(set(ids)) != len(ids):
+        raise _query_error(field, "lists a label twice", "duplicate")
+    return ids
+
+
+def owner_id(request: Request) -> str:
+    return str(request.path_params["user_id"])
+
+
+# Up to 50 label ids (UUIDs, with or without dashes), comma-separated.
+ID_LIST_PATTERN = r"^[0-9a-fA-F-]{32,36}(,[0-9a-fA-F-]{32,36}){0,49}$"
+ID_LIST_MAX = 50 * 37
+
+
 async def listing(
+    request: Request,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size")] = 50,
     cursor: Annotated[
@@ -137,12 +180,75 @@ async def listing(
     include_total: Annotated[
         bool, Query(description="Add `total`: tasks matching the filters")
     ] = False,
+    list_id: Annotated[
+        ListRef | None, Query(description="Only the tasks of this list (a list id or `inbox`)")
+    ] = None,
+    priority: Annotated[
+        list[Priority] | None, Query(description="Only these priorities (repeatable)")
+    ] = None,
+    labels_any: Annotated[
+        str | None,
+        Query(
+            description="Comma-separated label ids: tasks with at least one of them",
+            pattern=ID_LIST_PATTERN,
+            max_length=ID_LIST_MAX,
+        ),
+    ] = None,
+    labels_all: Annotated[
+        str | None,
+        Query(
+            description="Comma-separated label ids: tasks with all of them",
+            pattern=ID_LIST_PATTERN,
+            max_length=ID_LIST_MAX,
+        ),
+    ] = None,
+    due: Annotated[
+        DueFilter | None,
+        Query(
+            description="overdue (open and past due), today, tomorrow, next_7_days (today and "
+            "the 6 days after), none (no due date), any; in the user's zone or `tz`"
+        ),
+    ] = None,
+    due_from: Annotated[
+        date | None, Query(description="Due on or after this local date (YYYY-MM-DD)")
+    ] = None,
+    due_to: Annotated[
+        date | None, Query(description="Due on or before this local date (YYYY-MM-DD)")
+    ] = None,
+    tz: Annotated[
+        str | None,
+        Query(
+            description="IANA zone to evaluate due filters in (default: the user's)",
+            max_length=ZONE_NAME_MAX,
+        ),
+    ] = None,
 ) -> Listing:
     try:
         order = parse_sort(sort)
     except ValueError as error:
         raise BadRequest(str(error)) from None
-    filters = TaskFilter(completed=completed, q=q, updated_since=updated_since)
+    if order.field is TaskSortField.POSITION and list_id is None:
+        raise BadRequest("sort=position orders the tasks of one list: pass list_id too")
+    if tz is not None:
+        try:
+            checked_zone(tz)
+        except ValueError as error:
+            raise _query_error("tz", str(error), "invalid_zone") from None
+    if due_from is not None and due_to is not None and due_from > due_to:
+        raise _query_error("due_to", "due_to is before due_from", "empty_range")
+    filters = TaskFilter(
+        completed=completed,
+        q=q,
+        updated_since=updated_since,
+        list_id=resolve_list(list_id, owner_id(request)) if list_id is not None else None,
+        priorities=tuple(sorted({PRIORITY_NUMBER[value] for value in priority or ()})),
+        labels_any=_ids("labels_any", labels_any),
+        labels_all=_ids("labels_all", labels_all),
+        due=due,
+        due_from=due_from,
+        due_to=due_to,
+        tz=tz,
+    )
     after = None
     if cursor:
         secret = settings.cursor_secret.get_secret_value().encode()
@@ -189,13 +295,21 @@ async def list_tasks(
 
 @router.get(
     "/stats",
-    summary="Count the user's tasks: total, completed, pending",
+    summary="Count the user's tasks: total, completed, pending, overdue, due today",
     response_model=TaskStats,
     responses=responses(*COMMON),
 )
 async def task_stats(owner: Owner, db: DatabaseDep) -> Response:
     stats = await repository.task_stats(db, user_id=owner.user_id)
-    return _json(TaskStats(total=stats.total, completed=stats.completed, pending=stats.pending))
+    return _json(
+        TaskStats(
+            total=stats.total,
+            completed=stats.completed,
+            pending=stats.pending,
+            overdue=stats.overdue,
+            due_today=stats.due_today,
+        )
+    )
 
 
 @router.delete(
@@ -216,6 +330,26 @@ async def delete_tasks(
         raise BadRequest("refusing to delete every task: pass completed=true (or completed=false)")
     deleted = await repository.delete_tasks(db, user_id=owner.user_id, completed=completed)
     return _json(Deleted(deleted=deleted))
+
+
+@router.post(
+    "/bulk",
+    summary="Change up to 200 tasks at once, all or nothing",
+    description="Sets the fields in `set` (absent ones stay; `due: null` clears), moves the "
+    "tasks to the end of `set.list_id`, adds and removes labels. One id that is not one of "
+    "the user's tasks: 404 naming it, and nothing changes.",
+    response_model=BulkResult,
+    responses=responses(404, 409, *BODY, *COMMON) | quota_responses(),
+)
+async def bulk_change(
+    owner: Owner, db: DatabaseDep, settings: SettingsDep, data: BulkChange
+) -> Response:
+    changed = await repository.bulk_change(
+        db, user_id=owner.user_id, change=data, quotas=quotas(settings)
+    )
+    return Response(
+        b'{"items":' + TASKS_JSON.dump_json(changed) + b"}", 200, None, "application/json"
+    )
 
 
 # --- one task ------------------------------------------------------------------------------------
@@ -239,7 +373,7 @@ IdempotencyKeyHeader = Annotated[
     summary="Create a task",
     status_code=status.HTTP_201_CREATED,
     response_model=TaskRead,
-    responses=CREATED | responses(409, *BODY, *COMMON),
+    responses=CREATED | responses(404, 409, *BODY, *COMMON) | quota_responses(),
 )
 async def create_task(
     owner: Owner,
@@ -250,19 +384,17 @@ async def create_task(
 ) -> Response:
     user_id = owner.user_id
     answer_headers = {}
-    if idempotency_key is None:
-        task = await repository.create_task(db, user_id=user_id, data=data, email=owner.email)
-    else:
-        task, replayed = await repository.create_task_once(
-            db,
-            user_id=user_id,
-            data=data,
-            key=idempotency_key,
-            ttl=timedelta(hours=settings.idempotency_ttl_hours),
-            email=owner.email,
-        )
-        if replayed:
-            answer_headers["Idempotent-Replayed"] = "true"
+    task, replayed = await repository.create_task(
+        db,
+        user_id=user_id,
+        data=data,
+        quotas=quotas(settings),
+        key=idempotency_key,
+        ttl=timedelta(hours=settings.idempotency_ttl_hours),
+        email=owner.email,
+    )
+    if replayed:
+        answer_headers["Idempotent-Replayed"] = "true"
     answer_headers["Location"] = f"/api/{quote(user_id, safe='')}/tasks/{task.id}"
     answer_headers["ETag"] = etag(task)
     return _json(task, status.HTTP_201_CREATED, answer_headers)
@@ -287,17 +419,23 @@ async def get_task(
     "/{task_id}",
     summary="Replace a task (omitted optional fields reset to their defaults)",
     response_model=TaskRead,
-    responses=WITH_ETAG | responses(400, 404, 412, *BODY, *COMMON),
+    responses=WITH_ETAG | responses(400, 404, 409, 412, *BODY, *COMMON) | quota_responses(),
 )
 async def replace_task(
     owner: Owner,
     task_id: uuid.UUID,
     db: DatabaseDep,
+    settings: SettingsDep,
     data: TaskCreate,
     if_match: IfMatchHeader = None,
 ) -> Response:
     task = await repository.replace_task(
-        db, user_id=owner.user_id, task_id=task_id, data=data, if_match=if_match_versions(if_match)
+        db,
+        user_id=owner.user_id,
+        task_id=task_id,
+        data=data,
+        if_match=if_match_versions(if_match),
+        quotas=quotas(settings),
     )
     return _task(task, task_id)
 
@@ -306,12 +444,13 @@ async def replace_task(
     "/{task_id}",
     summary="Update some fields of a task",
     response_model=TaskRead,
-    responses=WITH_ETAG | responses(400, 404, 412, *BODY, *COMMON),
+    responses=WITH_ETAG | responses(400, 404, 409, 412, *BODY, *COMMON) | quota_responses(),
 )
 async def update_task(
     owner: Owner,
     task_id: uuid.UUID,
     db: DatabaseDep,
+    settings: SettingsDep,
     data: TaskUpdate,
     if_match: IfMatchHeader = None,
 ) -> Response:
@@ -321,6 +460,7 @@ async def update_task(
         task_id=task_id,
         changes=data.changes(),
         if_match=if_match_versions(if_match),
+        quotas=quotas(settings),
     )
     return _task(task, task_id)
 
@@ -368,12 +508,43 @@ async def complete_task(
     return _task(task, task_id)
 
 
-def _every_route_authorises() -> None:
-    for route in router.routes:
-        assert isinstance(route, APIRoute)
-        calls = {dependency.call for dependency in route.dependant.dependencies}
-        if authorize not in calls:
-            raise RuntimeError(f"route {route} does not declare Owner: it would be open to all")
+@router.post(
+    "/{task_id}/move",
+    summary="Move a task: after or before another task of a list, or first",
+    description="`list_id` (default: the task's own list) is the destination; `after_id` or "
+    "`before_id` a task there (not both); neither puts the task first. Its id stays.",
+    response_model=TaskRead,
+    responses=WITH_ETAG | responses(400, 404, 412, *BODY, *COMMON),
+)
+async def move_task(
+    owner: Owner,
+    task_id: uuid.UUID,
+    db: DatabaseDep,
+    data: TaskMove,
+    if_match: IfMatchHeader = None,
+) -> Response:
+    if data.after_id is not None and data.before_id is not None:
+        raise BothAnchors()
+    try:
+        task = await repository.move_task(
+            db,
+            user_id=owner.user_id,
+            task_id=task_id,
+            list_ref=data.list_id,
+            after_id=data.after_id,
+            before_id=data.before_id,
+            if_match=if_match_versions(if_match),
+        )
+    except AnchorNotFound as error:
+        field = "after_id" if data.after_id is not None else "before_id"
+        raise BadAnchor(field, error.args[0], "another task of the destination list") from None
+    return _task(task, task_id)
 
 
-_every_route_authorises()
+def quotas(settings: Settings) -> repository.Quotas:
+    return repository.Quotas(
+        tasks=settings.quota_tasks_per_user, labels_per_task=settings.quota_labels_per_task
+    )
+
+
+require_owner_on_every_route(router)

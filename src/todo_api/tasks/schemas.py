@@ -1,31 +1,144 @@
-"""The task API's request and response shapes, derived from the fields declared once in
-`todo_api.tables.tasks`."""
+"""The task API's request and response shapes.
+
+The writable fields are declared once, in `TaskInput`: the plain columns come from
+`todo_api.tables.tasks.TaskFields` (title, description, completed); the rest are API values
+the repository maps onto columns (`due` onto the due_* columns, `priority` onto a number,
+`list_id` onto the list and a position, `label_ids` onto task_labels). `TaskCreate` and
+`TaskUpdate` (generated: every field optional, null only where the field admits it) derive
+from it, and so does the read-only list.
+"""
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, fields
-from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from datetime import UTC, date, datetime, time
+from enum import Enum
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Strict,
+    TypeAdapter,
+    model_validator,
+)
 from pydantic import Field as PydanticField
 
 from todo_api.platform.http.schemas import InputModel, PartialInput, partial_model, request_schema
-from todo_api.tables.tasks import StrictBool, Task, TaskFields
+from todo_api.platform.zones import ZoneName, zone
+from todo_api.tables.tasks import StrictBool, TaskFields
 
-# Set by the server: present in every response, refused in a request body.
-READ_ONLY_FIELDS = frozenset(Task.model_fields) - frozenset(TaskFields.model_fields)
+MAX_LABELS_PER_TASK = 50
+INBOX: Literal["inbox"] = "inbox"
+ListRef = uuid.UUID | Literal["inbox"]
 
 
-class TaskCreate(TaskFields, InputModel):
-    """A new task, or the full replacement of one (PUT): omitted fields take their defaults
-    (`description` null, `completed` false)."""
+class Priority(str, Enum):
+    """Names, not numbers: no 1-is-high-or-4-is-high inversion (README maps the scales)."""
+
+    NONE = "none"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+PRIORITY_NUMBER = {priority: number for number, priority in enumerate(Priority)}
+PRIORITY_OF_NUMBER = list(Priority)
+
+_TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _local_time(value: object) -> object:
+    # Pydantic would also take offsets ("09:00+02:00") and fractions: a due time is a plain
+    # wall-clock time; its zone, if any, is `timezone`.
+    if not isinstance(value, time) and not (isinstance(value, str) and _TIME.match(value)):
+        raise ValueError("must be a time HH:MM or HH:MM:SS (00:00 to 23:59:59)")
+    return value
+
+
+def _calendar_date(value: object) -> object:
+    if not isinstance(value, date) and not (isinstance(value, str) and _DATE.match(value)):
+        raise ValueError("must be a date YYYY-MM-DD")
+    return value
+
+
+# Strings only (lax pydantic would take 1764547200 as a date).
+LocalTime = Annotated[time, BeforeValidator(_local_time)]
+CalendarDate = Annotated[date, BeforeValidator(_calendar_date)]
+
+
+class DueInput(InputModel):
+    """All-day (`date`), floating (`date` + `time`: follows the user's zone) or fixed
+    (`date` + `time` + `timezone`)."""
+
+    date: CalendarDate
+    time: LocalTime | None = None
+    timezone: ZoneName | None = PydanticField(
+        default=None, description="IANA zone of a fixed due; needs `time`"
+    )
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra=request_schema(
-            {"title": "Buy milk", "description": "2 litres", "completed": False}
+            {"date": "2026-12-24"},
+            {"date": "2026-12-24", "time": "18:30", "timezone": "Europe/Berlin"},
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _zone_needs_time(self) -> DueInput:
+        if self.timezone is not None and self.time is None:
+            raise ValueError("timezone needs a time: an all-day due has no zone")
+        return self
+
+
+def _distinct(ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    seen: set[uuid.UUID] = set()
+    for item in ids:
+        if item in seen:
+            raise ValueError(f"lists {item} twice")
+        seen.add(item)
+    return ids
+
+
+# Constraints in the type (not in Field()), so that the generated TaskUpdate keeps them.
+LabelIds = Annotated[
+    list[uuid.UUID], PydanticField(max_length=MAX_LABELS_PER_TASK), AfterValidator(_distinct)
+]
+
+
+class TaskInput(TaskFields):
+    """Every field a client may set on a task. Defaults are what a new task gets."""
+
+    due: DueInput | None = PydanticField(default=None, description="null: no due date")
+    priority: Annotated[Priority, Strict()] = PydanticField(default=Priority.NONE)
+    list_id: ListRef = PydanticField(
+        default=INBOX,
+        description="The task's list (a list id or `inbox`); changing it moves the task",
+    )
+    label_ids: LabelIds = PydanticField(
+        default_factory=list, description="Ids of the user's labels; no duplicates"
+    )
+
+
+class TaskCreate(TaskInput, InputModel):
+    """A new task, or the full replacement of one (PUT): omitted fields take their defaults
+    (no description, open, no due date, priority none, the inbox, no labels)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=request_schema(
+            {"title": "Buy milk", "description": "2 litres", "completed": False},
+            {
+                "title": "Call Anna",
+                "due": {"date": "2026-12-24", "time": "18:30"},
+                "priority": "high",
+            },
         ),
     )
 
@@ -34,12 +147,13 @@ if TYPE_CHECKING:
     TaskUpdate = PartialInput
 else:
     TaskUpdate = partial_model(
-        TaskFields,
+        TaskInput,
         name="TaskUpdate",
-        doc="A partial update (PATCH): only the fields present change; `description: null` "
-        "clears it.",
-        examples=[{"completed": True}],
+        doc="A partial update (PATCH): only the fields present change; `null` clears "
+        "`description` and `due`.",
+        examples=[{"completed": True}, {"due": None}, {"list_id": "inbox"}],
     )
+    TaskUpdate.model_rebuild()
 
 
 class CompletionSet(InputModel):
@@ -50,21 +164,105 @@ class CompletionSet(InputModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=request_schema({"completed": True}))
 
 
-# A task as the API returns it: a plain slotted dataclass, not a pydantic model. The data layer
-# builds one per row from typed columns (nothing to validate), and constructing a pydantic
-# model costs about 3.5 µs (SQLModel several times more) where a slotted dataclass costs
-# 0.4 µs; a page builds fifty. Pydantic still serialises it (TASK_JSON, or as a field of
-# TaskPage) and documents it. Its fields are the table's columns: checked below, at import.
+class TaskMove(InputModel):
+    """Where to put the task: right after `after_id`, right before `before_id`, or (neither)
+    first, in `list_id` (default: its current list)."""
+
+    list_id: ListRef | None = None
+    after_id: uuid.UUID | None = None
+    before_id: uuid.UUID | None = None
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=request_schema({"after_id": "0b6a1f8e-3c4d-4e5f-8a9b-0c1d2e3f4a5b"}),
+    )
+
+
+class BulkSet(InputModel):
+    completed: StrictBool | None = None
+    priority: Annotated[Priority, Strict()] | None = None
+    list_id: ListRef | None = None
+    due: DueInput | None = None
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=request_schema({"completed": True}))
+
+
+MAX_BULK = 200
+
+
+class BulkChange(InputModel):
+    """Change up to 200 tasks at once, all or nothing. In `set`, `due: null` clears the due
+    date; an absent member leaves the field alone."""
+
+    ids: Annotated[
+        list[uuid.UUID], PydanticField(min_length=1, max_length=MAX_BULK), AfterValidator(_distinct)
+    ]
+    set: BulkSet = PydanticField(default_factory=BulkSet)
+    add_label_ids: LabelIds = PydanticField(default_factory=list)
+    remove_label_ids: LabelIds = PydanticField(default_factory=list)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=request_schema(
+            {"ids": ["0b6a1f8e-3c4d-4e5f-8a9b-0c1d2e3f4a5b"], "set": {"priority": "high"}}
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _add_or_remove(self) -> BulkChange:
+        if set(self.add_label_ids) & set(self.remove_label_ids):
+            raise ValueError("a label cannot be both added and removed")
+        return self
+
+
+# --- responses ----------------------------------------------------------------------------------
+# Plain slotted dataclasses, not pydantic models: the data layer builds one per row from typed
+# columns (nothing to validate); constructing a pydantic model costs about 3.5 µs where a
+# slotted dataclass costs 0.4 µs, and a page builds fifty. Pydantic still serialises and
+# documents them.
+
+
+# Field names that are also type names: the types by other names, for the annotations.
+Date = date
+Time = time
+
+
+@dataclass(slots=True)
+class DueRead:
+    date: Date
+    time: Time | None
+    timezone: str | None
+    at: Annotated[
+        datetime | None,
+        PydanticField(description="The instant of a fixed due, in UTC; null otherwise"),
+    ]
+
+
+@dataclass(slots=True)
+class LabelRef:
+    id: uuid.UUID
+    name: str
+    color: str | None
+
+
 @dataclass(slots=True)
 class TaskRead:
     id: uuid.UUID
     user_id: str
+    list_id: uuid.UUID
     title: str
     description: str | None
     completed: bool
     completed_at: Annotated[
         datetime | None,
         PydanticField(description="When the task was completed; null while it is open"),
+    ]
+    priority: Priority
+    due: DueRead | None
+    label_ids: list[uuid.UUID]
+    labels: list[LabelRef]
+    position: Annotated[
+        str, PydanticField(description="Ordering key within the list; compare byte-wise")
     ]
     created_at: datetime
     updated_at: datetime
@@ -79,11 +277,27 @@ class TaskRead:
                 {
                     "id": "0b6a1f8e-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
                     "user_id": "user_2f9a",
+                    "list_id": "5f0c3a52-95c4-4a55-8a8e-1d8c1b0f7a10",
                     "title": "Buy milk",
                     "description": "2 litres",
-                    # FastAPI drops null members from examples: a completed task shows all.
                     "completed": True,
                     "completed_at": "2026-11-26T09:30:00.000000Z",
+                    "priority": "high",
+                    "due": {
+                        "date": "2026-11-26",
+                        "time": "18:30:00",
+                        "timezone": "Europe/Berlin",
+                        "at": "2026-11-26T17:30:00Z",
+                    },
+                    "label_ids": ["9c1d2e3f-4a5b-4e5f-8a9b-0b6a1f8e3c4d"],
+                    "labels": [
+                        {
+                            "id": "9c1d2e3f-4a5b-4e5f-8a9b-0b6a1f8e3c4d",
+                            "name": "errands",
+                            "color": "#22c55e",
+                        }
+                    ],
+                    "position": "b8E2bAFCMVzJt",
                     "created_at": "2026-11-26T08:00:00.000000Z",
                     "updated_at": "2026-11-26T09:30:00.000000Z",
                     "version": 2,
@@ -93,14 +307,13 @@ class TaskRead:
     )
 
 
-READ_FIELDS = tuple(field.name for field in fields(TaskRead))
-if frozenset(READ_FIELDS) != frozenset(Task.model_fields):
-    raise RuntimeError(
-        f"TaskRead's fields {sorted(READ_FIELDS)} must be the tasks table's columns "
-        f"{sorted(Task.model_fields)}"
-    )
+# Set by the server: present in every response, refused in a request body.
+READ_ONLY_FIELDS = frozenset(field.name for field in fields(TaskRead)) - frozenset(
+    TaskInput.model_fields
+) | {"due.at"}
 
 TASK_JSON: TypeAdapter[TaskRead] = TypeAdapter(TaskRead)
+TASKS_JSON: TypeAdapter[list[TaskRead]] = TypeAdapter(list[TaskRead])
 
 
 def _without_default(schema: dict[str, Any]) -> None:
@@ -125,9 +338,55 @@ class TaskStats(BaseModel):
     total: int = PydanticField(json_schema_extra={"examples": [12]})
     completed: int = PydanticField(json_schema_extra={"examples": [5]})
     pending: int = PydanticField(json_schema_extra={"examples": [7]})
+    overdue: int = PydanticField(
+        description="Open tasks past due, in the user's zone", json_schema_extra={"examples": [2]}
+    )
+    due_today: int = PydanticField(
+        description="Open tasks due today, in the user's zone", json_schema_extra={"examples": [3]}
+    )
 
 
 class Deleted(BaseModel):
     deleted: int = PydanticField(
         description="How many tasks were deleted", json_schema_extra={"examples": [3]}
     )
+
+
+class BulkResult(BaseModel):
+    items: list[TaskRead] = PydanticField(description="The changed tasks, in the order of `ids`")
+
+
+# --- due: from input to columns, and back --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DueColumns:
+    due_date: date | None = None
+    due_time: time | None = None
+    due_timezone: str | None = None
+    due_at: datetime | None = None
+    due_sort: datetime | None = None
+
+
+NO_DUE = DueColumns()
+DUE_COLUMNS = tuple(field.name for field in fields(DueColumns))
+
+
+def due_columns(due: DueInput | None) -> DueColumns:
+    if due is None:
+        return NO_DUE
+    at = None
+    if due.timezone is not None and due.time is not None:
+        # fold=0: an ambiguous time is its first occurrence; a time that does not exist
+        # (spring forward) lands after the gap, as PEP 495 converts it.
+        local = datetime.combine(due.date, due.time, tzinfo=zone(due.timezone))
+        at = local.astimezone(UTC)
+    # The wall clock (all-day: the end of the day), as if it were UTC: see tables.tasks.
+    wall = datetime.combine(due.date, due.time if due.time is not None else time.max, tzinfo=UTC)
+    return DueColumns(due.date, due.time, due.timezone, at, wall)
+
+
+def due_read(
+    due_date: date | None, due_time: time | None, timezone: str | None, at: datetime | None
+) -> DueRead | None:
+    return None if due_date is None else DueRead(due_date, due_time, timezone, at)

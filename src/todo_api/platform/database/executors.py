@@ -317,6 +317,10 @@ class SqliteExecutor:
         async with _pooled(self._engine) as connection:
             session = _SqliteSession(connection, self._observe)
             try:
+                # Take the write lock first: Python's sqlite3 would begin only at the first
+                # write, so a transaction's reads (a quota count, a list's last position)
+                # could be stale by the time it writes. Writers queue here (busy timeout).
+                await connection.exec_driver_sql("BEGIN IMMEDIATE")
                 result = await work(session)
                 await connection.commit()
             except exc.SQLAlchemyError as error:

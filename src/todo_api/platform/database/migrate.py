@@ -50,33 +50,71 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-async def upgrade(engine: AsyncEngine) -> tuple[str | None, str | None]:
+async def upgrade(engine: AsyncEngine, *, batched: bool = True) -> tuple[str | None, str | None]:
     """Upgrade to head; returns (revision before, revision after). A no-op when up to date.
 
-    On PostgreSQL a transaction-scoped advisory lock serialises replicas that start together:
-    the second waits, then finds the schema current and does nothing.
+    On a direct PostgreSQL connection (`batched`) each migration commits on its own and may
+    commit batches inside it (`batched_migration()`), so that no lock that blocks reads is
+    held for the whole upgrade; a session-level advisory lock serialises replicas that start
+    together: the second waits, then finds the schema current and does nothing. Through a
+    transaction-mode pooler a session lock would stay behind on some server connection, so
+    there (and on SQLite) the upgrade is one transaction under a transaction-scoped lock.
     """
-    async with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
+    if engine.dialect.name != "postgresql" or not batched:
+        async with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                await connection.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
+            return await _upgrade(connection, batched=False)
+    async with engine.connect() as connection:
+        await connection.execute(
+            sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+        )
+        await connection.commit()
+        try:
+            return await _upgrade(connection, batched=True)
+        finally:
+            await connection.rollback()
             await connection.execute(
-                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY}
             )
-        before = await current_revision(connection)
-        if before != head_revision():
-            await connection.run_sync(_upgrade_to_head)
-        return before, await current_revision(connection)
+            await connection.commit()
 
 
-def _upgrade_to_head(connection: Connection) -> None:
+async def _upgrade(connection: AsyncConnection, *, batched: bool) -> tuple[str | None, str | None]:
+    before = await current_revision(connection)
+    if before != head_revision():
+        if batched:
+            await connection.commit()  # Alembic begins (and commits) each migration itself
+        await connection.run_sync(functools.partial(_upgrade_to_head, batched=batched))
+    return before, await current_revision(connection)
+
+
+def _upgrade_to_head(connection: Connection, *, batched: bool) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
+    config.attributes["batched"] = batched
     command.upgrade(config, "head")
+
+
+def batched_migration() -> bool:
+    """Inside a migration: whether it may commit between batches (see `upgrade`)."""
+    from alembic import context
+
+    return bool(context.config.attributes.get("batched"))
 
 
 async def current_revision(connection: AsyncConnection) -> str | None:
     return await connection.run_sync(
         lambda sync: MigrationContext.configure(sync).get_current_revision()
     )
+
+
+def direct_session(settings: Settings) -> bool:
+    """Whether migrations get a connection of their own (not a transaction-pooled one)."""
+    target = settings.database_direct
+    return bool(settings.database_url_direct) or not settings.behind_transaction_pooler(target)
 
 
 async def prepare_database(settings: Settings, engine: AsyncEngine) -> str | None:
@@ -96,7 +134,7 @@ async def prepare_database(settings: Settings, engine: AsyncEngine) -> str | Non
     try:
         if direct is not engine:
             await wait_for_database(direct, target, deadline_seconds=deadline)
-        before, after = await upgrade(direct)
+        before, after = await upgrade(direct, batched=direct_session(settings))
     except Exception as error:
         if is_unavailable(error):
             raise DatabaseUnavailable(

@@ -11,7 +11,7 @@ from typing import Annotated, Protocol
 
 from fastapi import Header
 
-from todo_api.platform.http.problems import BadRequest
+from todo_api.platform.http.problems import BadRequest, PreconditionFailed
 
 _VERSION = re.compile(r"[0-9]{1,9}")
 
@@ -78,3 +78,16 @@ def none_match(header: str | None, resource: Versioned) -> bool:
     if header.strip() == "*":
         return True
     return any(tag == str(resource.version) for _weak, tag in _tags(header))
+
+
+class StaleVersion(PreconditionFailed):
+    """If-Match named versions the resource no longer has."""
+
+    def __init__(self, current: Versioned, what: str) -> None:
+        tag = etag(current)
+        super().__init__(
+            f"If-Match does not match the {what}'s current ETag {tag}; "
+            "fetch it again and retry with that ETag",
+            headers={"ETag": tag},
+        )
+        self.current = current

@@ -59,17 +59,27 @@ class ValidationProblem(Problem):
 def problem_schemas() -> dict[str, Any]:
     """The problem documents' JSON schemas, for the OpenAPI components."""
     schemas: dict[str, Any] = {}
-    for model in (Problem, ValidationProblem):
+    for model in (Problem, ValidationProblem, QuotaProblem):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
     return schemas
 
 
+class QuotaProblem(Problem):
+    """403 `/problems/quota-exceeded`: a write would take the user past a quota."""
+
+    resource: str = Field(description="What ran out", examples=["tasks"])
+    limit: int = Field(description="The quota", examples=[100_000])
+
+
 class ProblemError(Exception):
-    """An error with its HTTP status; raised anywhere, answered as a problem document."""
+    """An error with its HTTP status; raised anywhere, answered as a problem document.
+    `problem_type` and `members` make it a typed problem (RFC 9457 §3.1, §3.2)."""
 
     status: int = 500
+    problem_type: str = "about:blank"
+    members: Mapping[str, Any] = {}
 
     def __init__(
         self,
@@ -123,17 +133,35 @@ class ServiceUnavailable(ProblemError):
     status = 503
 
 
+QUOTA_EXCEEDED = "/problems/quota-exceeded"
+
+
+class QuotaExceeded(ProblemError):
+    status = 403
+    problem_type = QUOTA_EXCEEDED
+
+    def __init__(self, resource: str, limit: int, detail: str | None = None) -> None:
+        super().__init__(detail or f"Quota exceeded: at most {limit} {resource} per user")
+        self.members = {"resource": resource, "limit": limit}
+
+
 def problem_body(
-    status: int, detail: str, errors: Sequence[FieldError] | None = None
+    status: int,
+    detail: str,
+    errors: Sequence[FieldError] | None = None,
+    *,
+    problem_type: str = "about:blank",
+    members: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "type": "about:blank",
+        "type": problem_type,
         "title": HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
     }
     if errors is not None:
         body["errors"] = [error.model_dump() for error in errors]
+    body.update(members or {})
     # Set by the observability middleware for every request it sees.
     request_id = current_request_id()
     if request_id is not None:
@@ -152,9 +180,11 @@ def problem_response(
     *,
     errors: Sequence[FieldError] | None = None,
     headers: Mapping[str, str] | None = None,
+    problem_type: str = "about:blank",
+    members: Mapping[str, Any] | None = None,
 ) -> JSONResponse:
     return JSONResponse(
-        problem_body(status, detail, errors),
+        problem_body(status, detail, errors, problem_type=problem_type, members=members),
         status_code=status,
         headers=headers,
         media_type=PROBLEM_MEDIA_TYPE,
@@ -182,6 +212,21 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             **headers(*_ERROR_HEADERS.get(status, ())),
         }
         for status in statuses
+    }
+
+
+def quota_responses() -> dict[int | str, dict[str, Any]]:
+    """The 403 of a route that can exceed a quota: a quota problem, or (token for another
+    user) a plain one."""
+    schemas = [
+        {"$ref": "#/components/schemas/QuotaProblem"},
+        {"$ref": "#/components/schemas/Problem"},
+    ]
+    return {
+        403: {
+            "description": "Forbidden, or a quota exceeded (`type` /problems/quota-exceeded)",
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"anyOf": schemas}}},
+        }
     }
 
 
@@ -217,7 +262,14 @@ async def _problem_error(request: Request, error: Exception) -> JSONResponse:
             exc_info=error,
             extra={"operation": operation},
         )
-    return problem_response(error.status, error.detail, errors=error.errors, headers=error.headers)
+    return problem_response(
+        error.status,
+        error.detail,
+        errors=error.errors,
+        headers=error.headers,
+        problem_type=error.problem_type,
+        members=error.members,
+    )
 
 
 async def _http_error(request: Request, error: Exception) -> JSONResponse:

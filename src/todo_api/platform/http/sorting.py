@@ -4,7 +4,8 @@ A domain declares its sortable fields as an `Enum` whose members are `SortField`
 table columns (`SortField.of(column)`): the key's type and whether it can be NULL come from
 the column, so the cursor codec and the keyset condition follow without further lists.
 NULL sorts after every value (PostgreSQL's default for ascending order, made explicit so
-SQLite agrees).
+SQLite agrees), or, for a field made with `nulls_last=True`, last in both directions (tasks
+without a due date come after the others whichever way they are sorted).
 """
 
 from __future__ import annotations
@@ -68,14 +69,28 @@ class SortField:
     name: str
     codec: KeyCodec
     nullable: bool
+    always_nulls_last: bool = False
+    column: str | None = None  # the column sorted on, when it is not named like the field
 
     @classmethod
-    def of(cls, column: sa.ColumnElement[Any]) -> SortField:
+    def of(
+        cls, column: sa.ColumnElement[Any], *, name: str | None = None, nulls_last: bool = False
+    ) -> SortField:
         codec = _CODECS.get(column.type.python_type)
         if codec is None:
             raise TypeError(f"no cursor codec for {column.type.python_type} ({column})")
         nullable = column.nullable if isinstance(column, sa.Column) else True
-        return cls(name=str(column.key), codec=codec, nullable=bool(nullable))
+        return cls(
+            name=name or str(column.key),
+            codec=codec,
+            nullable=bool(nullable),
+            always_nulls_last=nulls_last,
+            column=str(column.key),
+        )
+
+    def nulls_last(self, descending: bool) -> bool:
+        """Whether NULL keys come after the values in this direction."""
+        return self.always_nulls_last or not descending
 
     def encode(self, value: Any) -> Json:
         return None if value is None else self.codec.encode(value)
@@ -106,6 +121,10 @@ class Sort(Generic[F]):
     @property
     def name(self) -> str:
         return self.key.name
+
+    @property
+    def column(self) -> str:
+        return self.key.column or self.key.name
 
     @classmethod
     def parse(cls, value: str, fields: type[F]) -> Sort[F]:

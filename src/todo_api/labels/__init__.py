@@ -1,0 +1,1 @@
+"""Labels: a user's named, optionally coloured tags, which tasks carry (`task_labels`)."""
