@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from bench import delay, profile
-from bench.database import BIG_USER, BenchDatabase, admin_url_from_env
+from bench.database import BIG_USER, SEED_REVISION, BenchDatabase, admin_url_from_env
 from bench.pooler import PgBouncer
 from bench.report import (
     RESULTS,
@@ -54,8 +54,11 @@ from bench.servers import (
 )
 from bench.wrk import WrkResult, WrkSettings, ensure_wrk, run_wrk
 
-SCENARIOS = ("get", "list", "create", "patch", "toggle", "mixed")
-LARGE_SCENARIOS = ("get", "list", "list-deep")
+SCENARIOS = (
+    "get", "list", "list-filtered", "list-labels", "list-search",
+    "create", "patch", "toggle", "mixed",
+)  # fmt: skip
+LARGE_SCENARIOS = ("get", "list", "list-deep", "list-filtered", "list-labels", "list-search")
 LATENCY_SCENARIOS = ("get", "list", "create", "toggle")
 API, API_NO_METRICS, REFERENCE = "api", "api-nometrics", "reference"
 
@@ -471,18 +474,36 @@ class Bench:
         self.helpers.remove(bouncer)
 
     def prepare_database(self) -> int:
-        """Step 1: create, migrate, seed, sample; the number of tasks."""
+        """Step 1: create, migrate to 0003, seed, migrate to head (timed, with a reader of
+        other users watching), seed the task model's data, sample; the number of tasks."""
         plan, db = self.plan, self.db
         db.create()
         say(f"created database {db.name}")
-        db.migrate(api_env(db.url, metrics=True), self.workdir)
-        db.seed(plan.users, plan.users * plan.tasks_per_user)
+        env = api_env(db.url, metrics=True)
+        db.migrate(env, self.workdir, revision=SEED_REVISION)
+        db.seed_0003(plan.users, plan.users * plan.tasks_per_user)
         if plan.big_user_tasks:
-            db.seed_big_user(plan.big_user_tasks)
+            db.seed_big_user_0003(plan.big_user_tasks)
+        db.analyze()
+        migration = db.migrate_watched(env, self.workdir)
+        migration["tasks"] = db.count_tasks()
+        self.report.meta["migration"] = {
+            key: migration[key]
+            for key in ("tasks", "seconds", "reads", "max_read_ms", "max_read_at_s", "blocked")
+        }
+        say(
+            f"migration {SEED_REVISION} -> head on {migration['tasks']:,} tasks: "
+            f"{migration['seconds']} s; worst read of another user {migration['max_read_ms']} ms"
+        )
+        decorated = db.decorate()
+        say(f"task model data: {decorated}")
         db.analyze()
         db.write_samples(self.data_dir)
         self.report.meta["data"] = f"{plan.users:,} users x {plan.tasks_per_user} tasks" + (
             f" + {BIG_USER} with {plan.big_user_tasks}" if plan.big_user_tasks else ""
+        ) + (
+            f" (seeded at {SEED_REVISION}, then migrated); {decorated['with_due']:,} with a due "
+            f"date, {decorated['labels']:,} labels, {decorated['task_labels']:,} task labels"
         )
         return db.count_tasks()
 
@@ -521,6 +542,7 @@ class Bench:
             say("growing to 1,000,000 tasks (one user with 100,000)")
             db.seed_big_user(100_000)
             db.seed(plan.users, 800_000, offset=total)
+            say(f"task model data: {db.decorate()}")
             db.analyze()
             db.write_samples(self.data_dir)
             say(f"now {db.count_tasks():,} tasks")

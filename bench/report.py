@@ -198,8 +198,16 @@ def render(report: Report, servers: list[str]) -> str:
         f"({meta['pinning']}); {machine['postgresql']}; Python {machine['python']}; "
         f"load average {machine['load_average_at_start']} at start, "
         f"{machine.get('load_average_at_end', '?')} at end",
-        "",
     ]
+    migration = meta.get("migration")
+    if migration:
+        lines.append(
+            f"- migration 0003 -> head (`todo_api db upgrade`, batched) on "
+            f"{migration['tasks']:,} tasks: {migration['seconds']} s; a reader of other users "
+            f"every 50 ms ({migration['reads']} reads) waited at most "
+            f"{migration['max_read_ms']} ms (at {migration['max_read_at_s']} s)"
+        )
+    lines.append("")
     for phase, scenarios in report.phases.items():
         lines += [f"## {phase}", ""]
         head = "| scenario |"

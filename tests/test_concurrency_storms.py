@@ -181,15 +181,26 @@ async def stored_tasks(db: Any, user: str) -> dict[str, dict[str, Any]]:
     return {str(row["id"]): dict(row) for row in rows}
 
 
+# What these storms change: the fields compared between a stored row and a served task.
+COMPARED = (
+    "id", "user_id", "list_id", "title", "description", "completed", "completed_at",
+    "position", "created_at", "updated_at", "version",
+)  # fmt: skip
+
+
 def as_served(row: dict[str, Any]) -> dict[str, Any]:
     """A stored row in the shape of the API's task JSON."""
-    return {**row, "id": str(row["id"])}
+    served = {**row, "id": str(row["id"]), "list_id": str(row["list_id"])}
+    return {key: served[key] for key in COMPARED}
 
 
 def as_parsed(body: dict[str, Any]) -> dict[str, Any]:
     """A task JSON body with its timestamps parsed, to compare with a stored row."""
     times = ("completed_at", "created_at", "updated_at")
-    return body | {key: datetime.fromisoformat(body[key]) for key in times if body[key] is not None}
+    parsed = body | {
+        key: datetime.fromisoformat(body[key]) for key in times if body[key] is not None
+    }
+    return {key: parsed[key] for key in COMPARED}
 
 
 # --- creates ----------------------------------------------------------------------------------

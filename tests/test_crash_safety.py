@@ -39,6 +39,8 @@ TASK_COLUMNS = (
     "id, user_id, title, description, completed, completed_at, version, created_at, updated_at"
 )
 
+TASK_NAMES = frozenset(name.strip() for name in TASK_COLUMNS.split(","))
+
 Kind = Literal["create", "update", "toggle", "delete"]
 SUCCESS = {"create": 201, "update": 200, "toggle": 200, "delete": 204}
 # A task as stored: the API's fields, with times parsed. None in an allowed-state list: absent.
@@ -129,7 +131,8 @@ def as_stored(task: dict[str, Any]) -> State:
     """An API task as the database holds it (RFC 3339 strings to datetimes)."""
     names = ("completed_at", "created_at", "updated_at")
     times = {name: datetime.fromisoformat(task[name]) for name in names if task[name] is not None}
-    return task | times
+    # The columns stored as the API shows them (TASK_COLUMNS): what these writes change.
+    return {name: value for name, value in (task | times).items() if name in TASK_NAMES}
 
 
 def matches(stored: State | None, allowed: State | None) -> bool:

@@ -23,6 +23,7 @@ from support import app_of, assert_problem, count_rows, create_task, running
 from todo_api.platform.database.database import Database
 from todo_api.platform.database.engine import create_engine
 from todo_api.settings import ConfigError, Settings, load_settings
+from todo_api.tables.lists import inbox_id
 from todo_api.tasks.repository import listing_shapes
 from todo_api.tasks.sorting import ALLOWED_SORTS, TaskSortField
 
@@ -57,17 +58,33 @@ async def _seed(engine: AsyncEngine, rows: list[tuple[str, datetime, datetime, A
             sa.text("INSERT INTO users (id, created_at) VALUES (:id, :now)"),
             {"id": WALKER, "now": _stored(T0, sqlite)},
         )
-        for title, created, updated, completed_at in rows:
+        inbox = inbox_id(WALKER)
+        await connection.execute(
+            sa.text(
+                "INSERT INTO lists (user_id, id, name, position, is_inbox, created_at, "
+                "updated_at, version) VALUES (:user, :id, 'Inbox', 'a', true, :now, :now, 1)"
+            ),
+            {"user": WALKER, "id": inbox.hex if sqlite else inbox, "now": _stored(T0, sqlite)},
+        )
+        for index, (title, created, updated, completed_at) in enumerate(rows):
             task_id = uuid.uuid4()
+            # Priority and due repeat (duplicate keys) and due is missing on a third (NULLs).
+            due = None if index % 3 == 0 else DUES[index % len(DUES)]
             await connection.execute(
                 sa.text(
-                    "INSERT INTO tasks (id, user_id, title, completed, completed_at, created_at, "
-                    "updated_at, version) VALUES (:id, :user, :title, :completed, :completed_at, "
-                    ":created, :updated, 1)"
+                    "INSERT INTO tasks (id, user_id, list_id, position, priority, due_date, "
+                    "due_sort, title, completed, completed_at, created_at, updated_at, version) "
+                    "VALUES (:id, :user, :list, :position, :priority, :due_date, :due_sort, "
+                    ":title, :completed, :completed_at, :created, :updated, 1)"
                 ),
                 {
                     "id": task_id.hex if sqlite else task_id,
                     "user": WALKER,
+                    "list": inbox.hex if sqlite else inbox,
+                    "position": f"a{index:04d}V",
+                    "priority": index % 4 if index % 2 else 0,
+                    "due_date": due.date() if due else None,
+                    "due_sort": _stored(due, sqlite),
                     "title": title,
                     "completed": completed_at is not None,
                     "completed_at": _stored(completed_at, sqlite),
@@ -75,6 +92,9 @@ async def _seed(engine: AsyncEngine, rows: list[tuple[str, datetime, datetime, A
                     "updated": _stored(updated, sqlite),
                 },
             )
+
+
+DUES = [datetime(2026, 12, day, 23, 59, 59, 999999, tzinfo=UTC) for day in (1, 1, 2, 3)]
 
 
 def _stored(moment: datetime | None, sqlite: bool) -> Any:
@@ -89,6 +109,8 @@ async def _walk(client: httpx.AsyncClient, sort: str, limit: int) -> list[dict[s
     cursor: str | None = None
     for _ in range(50):
         params: dict[str, Any] = {"sort": sort, "limit": limit}
+        if sort.removeprefix("-") == "position":  # manual order is within one list
+            params["list_id"] = "inbox"
         if cursor:
             params["cursor"] = cursor
         response = await client.get(f"/api/{WALKER}/tasks", params=params)
@@ -101,17 +123,26 @@ async def _walk(client: httpx.AsyncClient, sort: str, limit: int) -> list[dict[s
     raise AssertionError("the walk did not end")
 
 
+def _key(item: dict[str, Any], field: str) -> Any:
+    if field == "due":
+        return None if item["due"] is None else item["due"]["date"]
+    if field == "priority":
+        return ["none", "low", "medium", "high"].index(item["priority"])
+    return item[field]
+
+
 def _expected_nulls(sort: str, items: list[dict[str, Any]]) -> None:
-    """NULL keys come last ascending and first descending; ties are broken by id."""
+    """NULL keys come last ascending and first descending (due: last both ways); ties are
+    broken by id."""
     field = sort.removeprefix("-")
-    keys = [item[field] for item in items]
+    keys = [_key(item, field) for item in items]
     nulls = [key is None for key in keys]
-    if sort.startswith("-"):
+    if sort.startswith("-") and field != "due":
         assert nulls == sorted(nulls, reverse=True), keys
     else:
         assert nulls == sorted(nulls), keys
     values = [key for key in keys if key is not None]
-    if field != "title":  # text order is the database's collation: compared below instead
+    if field not in ("title", "position"):  # text order: the database's (C for positions)
         assert values == sorted(values, reverse=sort.startswith("-")), keys
 
 
@@ -157,6 +188,8 @@ FILTERS: dict[str, list[Any]] = {
     "completed": [None, "true", "false"],
     "q": [None, "milk"],
     "updated_since": [None, "2020-01-01T00:00:00Z"],
+    # The task model's filters, all at once (each is NULL-neutral like the others).
+    "more": [None, "due=overdue&priority=high&labels_any=0b6a1f8e-3c4d-4e5f-8a9b-0c1d2e3f4a5b"],
 }
 
 
@@ -175,8 +208,12 @@ async def test_listing_statements_are_bounded_by_sorts_and_cursors_not_filters(
     combinations = 0
     for values in itertools.product(*FILTERS.values()):
         query = {name: value for name, value in zip(FILTERS, values, strict=True) if value}
+        if "more" in query:
+            query |= dict(part.split("=") for part in query.pop("more").split("&"))
         for sort in ALLOWED_SORTS:
             params = {**query, "sort": sort, "limit": 1, "include_total": "true"}
+            if sort.removeprefix("-") == "position":
+                params["list_id"] = "inbox"
             first = await client.get(f"/api/{WALKER}/tasks", params=params)
             assert first.status_code == 200, first.text
             cursor = first.json()["next_cursor"]
@@ -190,7 +227,7 @@ async def test_listing_statements_are_bounded_by_sorts_and_cursors_not_filters(
     shapes = list(listing_shapes())
     nullable_sorts = sum(1 for field in TaskSortField if field.value.nullable)
     assert len(shapes) == len(TaskSortField) * 2 * 2 + nullable_sorts * 2
-    assert combinations == 3 * 2 * 2 * len(ALLOWED_SORTS)
+    assert combinations == 3 * 2 * 2 * 2 * len(ALLOWED_SORTS)
     # Cursors after a NULL key need open tasks at a page end: a subset of the shapes is seen,
     # never more than them.
     assert len(TaskSortField) * 2 * 2 <= len(seen) <= len(shapes) + 1

@@ -68,17 +68,53 @@ async def test_openapi_declares_every_error_status_with_the_problem_schema(
     assert set(problem["required"]) == {"type", "title", "status", "detail", "request_id"}
     assert "errors" not in problem["properties"]
     assert set(invalid["required"]) == set(problem["required"]) | {"errors"}
+    body = {"400", "413", "415", "422", "503"}
     expected = {
         ("get", "/api/{user_id}/tasks"): {"200", "400", "422", "503"},
         ("delete", "/api/{user_id}/tasks"): {"200", "400", "422", "503"},
         ("get", "/api/{user_id}/tasks/stats"): {"200", "422", "503"},
-        ("post", "/api/{user_id}/tasks"): {"201", "400", "409", "413", "415", "422", "503"},
+        ("post", "/api/{user_id}/tasks"): {"201", "404", "409"} | body,
+        ("post", "/api/{user_id}/tasks/bulk"): {"200", "404", "409"} | body,
         ("get", "/api/{user_id}/tasks/{task_id}"): {"200", "304", "400", "404", "422", "503"},
-        ("put", "/api/{user_id}/tasks/{task_id}"): WRITE_STATUSES,
-        ("patch", "/api/{user_id}/tasks/{task_id}"): WRITE_STATUSES,
+        ("put", "/api/{user_id}/tasks/{task_id}"): WRITE_STATUSES | {"409"},
+        ("patch", "/api/{user_id}/tasks/{task_id}"): WRITE_STATUSES | {"409"},
         ("delete", "/api/{user_id}/tasks/{task_id}"): {"204", "400", "404", "412", "422", "503"},
         ("patch", "/api/{user_id}/tasks/{task_id}/complete"): WRITE_STATUSES,
+        ("post", "/api/{user_id}/tasks/{task_id}/move"): WRITE_STATUSES,
+        ("get", "/api/{user_id}/lists"): {"200", "422", "503"},
+        ("post", "/api/{user_id}/lists"): {"201"} | body,
+        ("get", "/api/{user_id}/lists/{list_id}"): {"200", "304", "400", "404", "422", "503"},
+        ("patch", "/api/{user_id}/lists/{list_id}"): WRITE_STATUSES,
+        ("delete", "/api/{user_id}/lists/{list_id}"): {
+            "204",
+            "400",
+            "404",
+            "409",
+            "412",
+            "422",
+            "503",
+        },  # fmt: skip
+        ("post", "/api/{user_id}/lists/{list_id}/move"): WRITE_STATUSES,
+        ("get", "/api/{user_id}/labels"): {"200", "422", "503"},
+        ("post", "/api/{user_id}/labels"): {"201", "409"} | body,
+        ("get", "/api/{user_id}/labels/{label_id}"): {"200", "304", "400", "404", "422", "503"},
+        ("patch", "/api/{user_id}/labels/{label_id}"): WRITE_STATUSES | {"409"},
+        ("delete", "/api/{user_id}/labels/{label_id}"): {"204", "400", "404", "412", "422", "503"},
+        ("get", "/api/{user_id}"): {"200", "422", "503"},
+        ("patch", "/api/{user_id}"): {"200"} | body,
+        ("get", "/api/{user_id}/limits"): {"200", "422", "503"},
         ("get", "/health/ready"): {"200", "503"},
+    }
+    declared = {(method, path) for path, ops in spec["paths"].items() for method in ops}
+    assert declared - {("get", "/health")} == set(expected)  # every operation is listed here
+    # The writes that can run into a quota: their 403 is a quota problem or a plain one.
+    quota = {
+        ("post", "/api/{user_id}/tasks"),
+        ("post", "/api/{user_id}/tasks/bulk"),
+        ("put", "/api/{user_id}/tasks/{task_id}"),
+        ("patch", "/api/{user_id}/tasks/{task_id}"),
+        ("post", "/api/{user_id}/lists"),
+        ("post", "/api/{user_id}/labels"),
     }
     for (method, path), statuses in expected.items():
         operation = spec["paths"][path][method]
@@ -92,7 +128,14 @@ async def test_openapi_declares_every_error_status_with_the_problem_schema(
             if status.startswith(("4", "5")):
                 schema = response["content"]["application/problem+json"]["schema"]
                 name = "ValidationProblem" if status == "422" else "Problem"
-                assert schema == {"$ref": f"#/components/schemas/{name}"}
+                if status == "403" and (method, path) in quota:
+                    problems = [
+                        {"$ref": f"#/components/schemas/{kind}"}
+                        for kind in ("QuotaProblem", "Problem")
+                    ]
+                    assert schema == {"anyOf": problems}, (method, path)
+                else:
+                    assert schema == {"$ref": f"#/components/schemas/{name}"}, (method, path)
 
 
 async def test_openapi_declares_the_headers_each_answer_carries(
@@ -132,8 +175,9 @@ async def test_openapi_request_types_match_what_the_server_accepts(
     [completed] = [p for p in bulk if p["name"] == "completed"]
     assert completed["required"] is True and completed["schema"]["type"] == "boolean"
     listing = spec["paths"]["/api/{user_id}/tasks"]["get"]["parameters"]
-    for parameter in listing:
-        assert "anyOf" not in parameter["schema"], parameter["name"]  # plain, never null
+    for parameter in listing:  # present or absent, never null
+        assert {"type": "null"} not in parameter["schema"].get("anyOf", []), parameter["name"]
+        assert parameter["schema"].get("type") != "null", parameter["name"]
     if_match = spec["paths"]["/api/{user_id}/tasks/{task_id}"]["patch"]["parameters"]
     [header] = [p for p in if_match if p["name"] == "If-Match"]
     assert header["in"] == "header" and header["schema"]["pattern"]

@@ -29,12 +29,15 @@ from sqlmodel import SQLModel
 
 from support import scratch_postgresql_database, settings_for
 from todo_api.platform.database import migrate
+from todo_api.tables.lists import inbox_id
 from todo_api.platform.database.engine import create_engine
 from todo_api.platform.database.types import UTCDateTime
 from todo_api.settings import Settings
 
 HEAD = migrate.head_revision()
-ALL_TABLES = {"alembic_version", "users", "tasks", "idempotency_keys"}
+ALL_TABLES = {
+    "alembic_version", "users", "tasks", "idempotency_keys", "lists", "labels", "task_labels",
+}  # fmt: skip
 TASKS_INDEX = "ix_tasks_user_id_created_at_id"
 CLI_TIMEOUT = 30.0
 
@@ -102,8 +105,9 @@ async def test_migrated_schema_has_the_expected_tables_and_index(engine: AsyncEn
         found = await connection.run_sync(indexes)
     sort_indexes = {TASKS_INDEX, "ix_tasks_user_id_updated_at_id", "ix_tasks_user_id_title_id"}
     assert sort_indexes <= found
-    # Trigram indexes for `q` exist on PostgreSQL only.
-    trigram = {"ix_tasks_title_trgm", "ix_tasks_description_trgm"}
+    # Trigram indexes for `q` exist on PostgreSQL only, led by the owner (btree_gin).
+    assert not {"ix_tasks_title_trgm", "ix_tasks_description_trgm"} & found
+    trigram = {"ix_tasks_user_id_title_trgm", "ix_tasks_user_id_description_trgm"}
     assert (trigram <= found) if engine.dialect.name == "postgresql" else not (trigram & found)
 
 
@@ -208,6 +212,9 @@ def test_cli_check_on_an_unmigrated_database_fails_naming_each_problem(
             "problem: table users is missing",
             "problem: table tasks is missing",
             "problem: table idempotency_keys is missing",
+            "problem: table lists is missing",
+            "problem: table labels is missing",
+            "problem: table task_labels is missing",
         ]
     )
     assert "run `todo-api db upgrade`" in result.stderr
@@ -255,15 +262,27 @@ async def test_concurrent_upgrades_on_postgresql_serialise_on_the_advisory_lock(
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 INSERT_USER = sa.text("INSERT INTO users (id, email, created_at) VALUES (:id, :email, :now)")
 INSERT_TASK = sa.text(
-    "INSERT INTO tasks (id, user_id, title, description, completed, created_at, updated_at) "
-    "VALUES (:id, :user_id, :title, :description, false, :now, :now)"
-).bindparams(sa.bindparam("id", type_=sa.Uuid()), sa.bindparam("now", type_=UTCDateTime()))
+    "INSERT INTO tasks (id, user_id, list_id, position, title, description, completed, "
+    "created_at, updated_at) "
+    "VALUES (:id, :user_id, :list_id, :position, :title, :description, false, :now, :now)"
+).bindparams(
+    sa.bindparam("id", type_=sa.Uuid()),
+    sa.bindparam("list_id", type_=sa.Uuid()),
+    sa.bindparam("now", type_=UTCDateTime()),
+)
 INSERT_USER = INSERT_USER.bindparams(sa.bindparam("now", type_=UTCDateTime()))
+INSERT_INBOX = sa.text(
+    "INSERT INTO lists (user_id, id, name, position, is_inbox, created_at, updated_at) "
+    "VALUES (:user_id, :id, 'Inbox', 'a', true, :now, :now)"
+).bindparams(sa.bindparam("id", type_=sa.Uuid()), sa.bindparam("now", type_=UTCDateTime()))
 
 
 async def insert_user(engine: AsyncEngine, user_id: str, email: str | None = None) -> None:
     async with engine.begin() as connection:
         await connection.execute(INSERT_USER, {"id": user_id, "email": email, "now": NOW})
+        await connection.execute(
+            INSERT_INBOX, {"user_id": user_id, "id": inbox_id(user_id), "now": NOW}
+        )
 
 
 async def insert_task(
@@ -276,6 +295,8 @@ async def insert_task(
             {
                 "id": task_id,
                 "user_id": user_id,
+                "list_id": inbox_id(user_id),
+                "position": f"b{task_id.hex}",
                 "title": title,
                 "description": description,
                 "now": NOW,

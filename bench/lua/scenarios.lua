@@ -2,9 +2,12 @@
 --
 --   wrk -c32 -d10s -s bench/lua/scenarios.lua http://127.0.0.1:PORT -- SCENARIO DATA_DIR [DEEP_PATH]
 --
--- SCENARIO   get | list | list-deep | create | patch | toggle | mixed
--- DATA_DIR   holds ids.txt ("user_id task_id" per line) and users.txt (one user id per line),
---            written by the harness from the database
+-- SCENARIO   get | list | list-deep | list-filtered | list-labels | list-search | create |
+--            patch | toggle | mixed
+-- DATA_DIR   holds ids.txt ("user_id task_id" per line) and users.txt (one user id per line);
+--            labels.txt ("user_id label,label,..."), filtered.txt ("user_id label_id": a label
+--            on open overdue tasks of that user) and search.txt ("user_id word"), written by
+--            the harness from the database
 -- DEEP_PATH  list-deep only: the full path and query of the deep page (its cursor came from
 --            walking this very server, so it is in the server's own format)
 --
@@ -40,6 +43,7 @@ local patch_body = '{"title":"patched by wrk"}'
 local scenario, deep_path
 local tasks = {} -- { {user, task}, ... }
 local users = {}
+local pairs_of = {} -- labels.txt, filtered.txt, search.txt: { {user, value}, ... }
 
 local function random_task()
   return tasks[math.random(#tasks)]
@@ -59,6 +63,30 @@ end
 builders["list-deep"] = function()
   return wrk.format("GET", deep_path)
 end
+
+-- A page of open overdue tasks carrying one label (one the user has on such tasks).
+builders["list-filtered"] = function()
+  local p = pairs_of[math.random(#pairs_of)]
+  return wrk.format("GET", "/api/" .. p[1] .. "/tasks?limit=50&due=overdue&labels_any=" .. p[2])
+end
+
+-- A page of tasks that carry labels: any of the user's labels.
+builders["list-labels"] = function()
+  local p = pairs_of[math.random(#pairs_of)]
+  return wrk.format("GET", "/api/" .. p[1] .. "/tasks?limit=50&labels_any=" .. p[2])
+end
+
+-- Search: a common, a middling or a rare word in a random user's tasks.
+builders["list-search"] = function()
+  local p = pairs_of[math.random(#pairs_of)]
+  return wrk.format("GET", "/api/" .. p[1] .. "/tasks?limit=50&q=" .. p[2])
+end
+
+local pair_files = {
+  ["list-filtered"] = "filtered.txt",
+  ["list-labels"] = "labels.txt",
+  ["list-search"] = "search.txt",
+}
 
 builders["create"] = function()
   local path = "/api/" .. users[math.random(#users)] .. "/tasks"
@@ -101,6 +129,12 @@ function init(args)
     table.insert(tasks, { user, task })
   end
   users = read_lines(data_dir .. "/users.txt")
+  if pair_files[scenario] then
+    for _, line in ipairs(read_lines(data_dir .. "/" .. pair_files[scenario])) do
+      local user, value = line:match("^(%S+)%s+(%S+)$")
+      table.insert(pairs_of, { user, value })
+    end
+  end
   math.randomseed(os.time() * 100 + (thread_number or 0))
   non2xx = 0
   last_bad_status = 0

@@ -13,6 +13,10 @@ from starlette.middleware import Middleware
 
 from todo_api import __version__
 from todo_api.auth.tokens import TokenVerifier
+from todo_api.labels import router as labels
+from todo_api.labels.schemas import READ_ONLY_FIELDS as LABEL_READ_ONLY_FIELDS
+from todo_api.lists import router as lists
+from todo_api.lists.schemas import READ_ONLY_FIELDS as LIST_READ_ONLY_FIELDS
 from todo_api.platform.database import migrate
 from todo_api.platform.database.engine import open_database
 from todo_api.platform.http import health
@@ -24,10 +28,6 @@ from todo_api.platform.http.request_guard import RequestGuard
 from todo_api.platform.observability.metrics import Metrics, install_metrics
 from todo_api.platform.observability.middleware import Observability
 from todo_api.settings import Settings, load_settings
-from todo_api.labels import router as labels
-from todo_api.labels.schemas import READ_ONLY_FIELDS as LABEL_READ_ONLY_FIELDS
-from todo_api.lists import router as lists
-from todo_api.lists.schemas import READ_ONLY_FIELDS as LIST_READ_ONLY_FIELDS
 from todo_api.tasks import router as tasks
 from todo_api.tasks.schemas import READ_ONLY_FIELDS as TASK_READ_ONLY_FIELDS
 from todo_api.users import router as users

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.routing import APIRoute
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import StringConstraints, TypeAdapter, ValidationError
 
 from todo_api.auth.tokens import (

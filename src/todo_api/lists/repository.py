@@ -303,6 +303,8 @@ async def delete_list(
         await lock_user(session, user_id)
         parameters = {"owner_id": user_id, "list_id": list_id}
         found = await session.rows(_EXISTS, parameters)
+        if not found and list_id == inbox_id(user_id):  # a user not provisioned yet
+            raise InboxNotDeletable()
         if not found:
             return False
         version, is_inbox = found[0]

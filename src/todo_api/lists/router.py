@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import uuid
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -26,8 +26,8 @@ from todo_api.platform.http.conditional import (
 from todo_api.platform.http.dependencies import DatabaseDep, SettingsDep
 from todo_api.platform.http.openapi import headers, operation_id
 from todo_api.platform.http.problems import (
-    UnprocessableContent,
     FieldError,
+    UnprocessableContent,
     quota_responses,
     responses,
 )
@@ -107,9 +107,7 @@ async def create_list(
     "/{list_id}",
     summary="Get a list",
     response_model=ListRead,
-    responses=WITH_ETAG
-    | {304: {"description": "Not Modified", **headers("ETag")}}
-    | responses(404, *COMMON),
+    responses=WITH_ETAG | NOT_MODIFIED | responses(400, 404, *COMMON),
 )
 async def get_list(
     owner: Owner, list_id: ListIdPath, db: DatabaseDep, if_none_match: IfNoneMatchHeader = None
@@ -178,7 +176,7 @@ async def move_list(
     return _one(found, list_id)
 
 
-class TasksOnDelete(str, Enum):
+class TasksOnDelete(StrEnum):
     DELETE = "delete"
     MOVE = "move"
 

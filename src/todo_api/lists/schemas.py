@@ -81,7 +81,25 @@ class ListRead:
     updated_at: datetime
     version: int
 
-    __pydantic_config__ = ConfigDict(title="ListRead")
+    __pydantic_config__ = ConfigDict(
+        title="ListRead",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "5f0c3a52-95c4-4a55-8a8e-1d8c1b0f7a10",
+                    "name": "Groceries",
+                    "color": "#22c55e",
+                    "position": "b8E2bAFCMVzJt",
+                    "is_inbox": False,
+                    "task_count": 4,
+                    "open_task_count": 3,
+                    "created_at": "2026-11-26T08:00:00.000000Z",
+                    "updated_at": "2026-11-26T09:30:00.000000Z",
+                    "version": 2,
+                }
+            ]
+        },
+    )
 
 
 READ_ONLY_FIELDS = frozenset(
@@ -102,3 +120,9 @@ class ListPage(BaseModel):
     """All of the user's lists (at most QUOTA_LISTS_PER_USER), in their manual order."""
 
     items: list[ListRead]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"items": ListRead.__pydantic_config__["json_schema_extra"]["examples"]}]
+        }  # type: ignore[index]
+    )

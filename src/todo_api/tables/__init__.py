@@ -31,10 +31,10 @@ __all__ = [
     "USER_ID_PATTERN",
     "IdempotencyKey",
     "Label",
-    "TaskLabel",
-    "TaskList",
     "Task",
     "TaskFields",
+    "TaskLabel",
+    "TaskList",
     "User",
     "metadata",
 ]

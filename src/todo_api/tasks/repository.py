@@ -74,6 +74,7 @@ from todo_api.tasks.schemas import (
     TASK_JSON,
     BulkChange,
     DueColumns,
+    DueInput,
     LabelRef,
     TaskCreate,
     TaskRead,
@@ -86,6 +87,7 @@ from todo_api.users.repository import (
     owner_parameters,
     provision,
     provisioning_ctes,
+    user_timezone,
 )
 
 
@@ -217,19 +219,20 @@ _USER_WITHIN_QUOTA = (
 _TASK_COUNT = sa.select(users.c.task_count).where(
     users.c.id == sa.bindparam("owner_id", type_=users.c.id.type)
 )
-_OWNED_LABELS = sa.select(labels.c.id).where(
-    labels.c.user_id == sa.bindparam("owner_id", type_=labels.c.user_id.type),
-    in_id_list(labels.c.id, sa.bindparam("label_ids", type_=sa.Text)),
-)
-_ADD_LABELS = sa.select(
-    sa.bindparam("owner_id", type_=task_labels.c.user_id.type).label("user_id"),
-    tasks.c.id.label("task_id"),
-    labels.c.id.label("label_id"),
-).where(
-    tasks.c.user_id == sa.bindparam("owner_id", type_=tasks.c.user_id.type),
-    in_id_list(tasks.c.id, sa.bindparam("task_ids", type_=sa.Text)),
-    labels.c.user_id == sa.bindparam("owner_id", type_=labels.c.user_id.type),
-    in_id_list(labels.c.id, sa.bindparam("label_ids", type_=sa.Text)),
+# Every named task with every named label: a deliberate cross join.
+_ADD_LABELS = (
+    sa.select(
+        sa.bindparam("owner_id", type_=task_labels.c.user_id.type).label("user_id"),
+        tasks.c.id.label("task_id"),
+        labels.c.id.label("label_id"),
+    )
+    .select_from(tasks.join(labels, sa.true()))
+    .where(
+        tasks.c.user_id == sa.bindparam("owner_id", type_=tasks.c.user_id.type),
+        in_id_list(tasks.c.id, sa.bindparam("task_ids", type_=sa.Text)),
+        labels.c.user_id == sa.bindparam("owner_id", type_=labels.c.user_id.type),
+        in_id_list(labels.c.id, sa.bindparam("label_ids", type_=sa.Text)),
+    )
 )
 _THE_TASKS = (
     task_labels.c.user_id == sa.bindparam("owner_id", type_=task_labels.c.user_id.type),
@@ -396,17 +399,6 @@ def _page(shape: ListingShape) -> sa.Select[Any]:
 _COUNT = sa.select(sa.func.count()).select_from(tasks).where(_OWNER, *CONDITIONS)
 
 
-async def zone_of(db: Database, user_id: str) -> str:
-    rows = await db.rows(
-        sa.select(users.c.timezone).where(
-            users.c.id == sa.bindparam("owner_id", type_=users.c.id.type)
-        ),
-        {"owner_id": user_id},
-        idempotent=True,
-    )
-    return str(rows[0][0]) if rows else "UTC"
-
-
 async def list_tasks(
     db: Database,
     *,
@@ -425,7 +417,7 @@ async def list_tasks(
     filters = filters or TaskFilter()
     zone_name = "UTC"
     if filters.needs_zone and filters.tz is None:
-        zone_name = await zone_of(db, user_id)
+        zone_name = await user_timezone(db, user_id=user_id)
     parameters: dict[str, Any] = {
         "owner_id": user_id,
         **filters.parameters(db.dialect, zone_name),
@@ -473,7 +465,7 @@ _STATS = sa.select(
 
 async def task_stats(db: Database, *, user_id: str, now: datetime | None = None) -> Stats:
     """Counts in one query (one index range scan of the user's tasks), in the user's zone."""
-    zone_name = await zone_of(db, user_id)
+    zone_name = await user_timezone(db, user_id=user_id)
     now = now or utcnow()
     today = now.astimezone(zone(zone_name)).date()
     parameters = {
@@ -560,11 +552,13 @@ _THIS_KEY = idempotency_keys.c.key == sa.bindparam("key_key", type_=idempotency_
 _EXPIRED = idempotency_keys.c.expires_at <= sa.bindparam(
     "key_created_at", type_=idempotency_keys.c.expires_at.type
 )
+_LIVE_KEY = sa.select(idempotency_keys.c.key).where(_KEY_OWNER, _THIS_KEY, sa.not_(_EXPIRED))
 _PREVIOUS = sa.select(idempotency_keys.c.request_hash, idempotency_keys.c.response_body).where(
     _KEY_OWNER, _THIS_KEY
 )
 
 
+@functools.cache
 def _claim(dialect: str, allowed: sa.ColumnElement[bool] | None = None) -> sa.Insert:
     """Claim the key: a new row, or the row of an expired claim of the same key, taken over.
     No row back: the key is held by a live claim (whose transaction, if still open, was
@@ -628,6 +622,16 @@ def _create_in_one_statement(
         ),
         sa.exists(sa.select(new_task.c.id)).label("inserted"),
     ).add_cte(*ctes)
+
+
+_LABELS_NAMED = (
+    sa.select(labels.c.id, labels.c.name, labels.c.color)
+    .where(
+        labels.c.user_id == sa.bindparam("owner_id", type_=labels.c.user_id.type),
+        in_id_list(labels.c.id, sa.bindparam("label_ids", type_=sa.Text)),
+    )
+    .order_by(labels.c.name_key, labels.c.id)
+)
 
 
 async def _labels_checked(
@@ -699,22 +703,30 @@ async def create_task(
     parameters = new.parameters | {"task_quota": quotas.tasks}
     if key is not None:
         parameters |= _key_parameters(new.task, key, fingerprint, ttl)
-    if db.dialect == "postgresql" and not data.label_ids:
-        statement = _create_in_one_statement(
-            with_email=email is not None, keyed=key is not None, into_inbox=new.into_inbox
-        )
-        for _ in range(2):
-            [(allowed, claimed, inserted)] = await db.rows(statement, parameters, idempotent=True)
-            if allowed or not await _below_quota(db, user_id, quotas.tasks):
-                break  # else: lost a race with this user's creation; its row is there now
-        outcome = "created" if inserted else await _why_not(db, new, allowed, claimed, quotas)
-    else:
-        outcome = await db.transaction(
-            lambda session: _create_in_transaction(
-                session, db.dialect, new, parameters, quotas, key, data.label_ids
-            ),
-            idempotent=True,
-        )
+    try:
+        if db.dialect == "postgresql" and not data.label_ids:
+            statement = _create_in_one_statement(
+                with_email=email is not None, keyed=key is not None, into_inbox=new.into_inbox
+            )
+            for _ in range(2):
+                [(allowed, claimed, inserted)] = await db.rows(
+                    statement, parameters, idempotent=True
+                )
+                if allowed or not await _below_quota(db, user_id, quotas.tasks):
+                    break  # else: lost a race with this user's creation; its row is there now
+            outcome = "created" if inserted else await _why_not(db, new, allowed, claimed, quotas)
+        else:
+            outcome = await db.transaction(
+                lambda session: _create_in_transaction(
+                    session, db.dialect, new, parameters, quotas, key, data.label_ids
+                ),
+                idempotent=True,
+            )
+    except QuotaExceeded:
+        # The retry of a keyed create that happened gets its first answer, even at the quota.
+        if key is None or not await db.rows(_LIVE_KEY, parameters, idempotent=True):
+            raise
+        outcome = "replayed"
     if outcome == "created":
         return new.task, False
     stored = await db.rows(_PREVIOUS, parameters, idempotent=True)
@@ -830,6 +842,8 @@ def _update_parameters(
         columns["priority"] = PRIORITY_NUMBER[values["priority"]]
     if "due" in values:
         due = values["due"]
+        if isinstance(due, Mapping):  # PATCH: changes() dumps the DueInput to a dict
+            due = DueInput.model_validate(due)
         columns |= {
             name: getattr(due_columns(due) if due is not None else NO_DUE, name)
             for name in DUE_COLUMNS
@@ -865,9 +879,9 @@ async def _update_one(
             return _one_task(await _changed(db, statement, parameters, if_match=if_match))
 
         async def work(session: Session) -> TaskRead | None:
+            # Labels first, so that the UPDATE's RETURNING reads them as they now are; a
+            # stale If-Match raises below and rolls them back.
             await _labels_checked(session, db.dialect, user_id, label_ids)
-            if not await _changed(db, statement, parameters, if_match=if_match, session=session):
-                return None
             ids = {
                 "owner_id": user_id,
                 "task_ids": id_list_parameter([task_id], db.dialect),
@@ -876,7 +890,8 @@ async def _update_one(
             await session.rows(_KEEP_ONLY_LABELS, ids)
             if label_ids:
                 await session.rows(_add_labels(db.dialect), ids)
-            return _one_task(await session.rows(_GET, parameters))
+            rows = await _changed(db, statement, parameters, if_match=if_match, session=session)
+            return _one_task(rows)
 
         return await db.transaction(work, idempotent=False)
     except DatabaseError as error:

@@ -130,7 +130,10 @@ def _query_error(field: str, message: str, kind: str) -> UnprocessableContent:
 def _ids(field: str, value: str | None) -> tuple[uuid.UUID, ...]:
     if value is None:
         return ()
-    ids = tuple(uuid.UUID(part) for part in value.split(","))
+    try:
+        ids = tuple(uuid.UUID(part) for part in value.split(","))
+    except ValueError:  # the pattern lets through 36 dashes, 33 hex digits…
+        raise _query_error(field, "must be comma-separated label ids", "uuid_parsing") from None
     if len(set(ids)) != len(ids):
         raise _query_error(field, "lists a label twice", "duplicate")
     return ids

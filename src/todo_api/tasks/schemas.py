@@ -22,8 +22,8 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    Strict,
     TypeAdapter,
+    field_validator,
     model_validator,
 )
 from pydantic import Field as PydanticField
@@ -45,6 +45,16 @@ class Priority(str, Enum):
     MEDIUM = "medium"
     HIGH = "high"
 
+
+def _priority_name(value: object) -> object:
+    # A name (or a member), never a number. Not Strict(): strict enums take only members in
+    # Python mode, which is how request bodies are validated, so every name was refused.
+    if not isinstance(value, str):
+        raise ValueError("must be one of 'none', 'low', 'medium', 'high'")
+    return value
+
+
+PriorityName = Annotated[Priority, BeforeValidator(_priority_name)]
 
 PRIORITY_NUMBER = {priority: number for number, priority in enumerate(Priority)}
 PRIORITY_OF_NUMBER = list(Priority)
@@ -116,7 +126,7 @@ class TaskInput(TaskFields):
     """Every field a client may set on a task. Defaults are what a new task gets."""
 
     due: DueInput | None = PydanticField(default=None, description="null: no due date")
-    priority: Annotated[Priority, Strict()] = PydanticField(default=Priority.NONE)
+    priority: PriorityName = PydanticField(default=Priority.NONE)
     list_id: ListRef = PydanticField(
         default=INBOX,
         description="The task's list (a list id or `inbox`); changing it moves the task",
@@ -180,11 +190,19 @@ class TaskMove(InputModel):
 
 class BulkSet(InputModel):
     completed: StrictBool | None = None
-    priority: Annotated[Priority, Strict()] | None = None
+    priority: PriorityName | None = None
     list_id: ListRef | None = None
     due: DueInput | None = None
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=request_schema({"completed": True}))
+
+    @field_validator("completed", "priority", "list_id", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        # May be omitted, not cleared: only `due` has a null (no due date).
+        if value is None:
+            raise ValueError("cannot be null")
+        return value
 
 
 MAX_BULK = 200
@@ -354,6 +372,12 @@ class Deleted(BaseModel):
 
 class BulkResult(BaseModel):
     items: list[TaskRead] = PydanticField(description="The changed tasks, in the order of `ids`")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"items": TaskRead.__pydantic_config__["json_schema_extra"]["examples"]}]
+        }  # type: ignore[index]
+    )
 
 
 # --- due: from input to columns, and back --------------------------------------------------------

@@ -81,12 +81,11 @@ _INBOX = {
 
 
 @functools.cache
-def ensure_inbox(dialect: str, new_user: sa.CTE | None = None) -> sa.Insert:
-    """Insert the user's inbox if absent; with `new_user` (PostgreSQL, in one statement with
-    `ensure_user` as that CTE) only when the user was just created."""
+def ensure_inbox(dialect: str) -> sa.Insert:
+    """Insert the user's inbox if absent. Whether or not the user was created just now: a user
+    row may predate its inbox (written by an older version, or by a concurrent request that
+    provisioned the user only), and a task's foreign key needs the inbox."""
     select = sa.select(*(value.label(name) for name, value in _INBOX.items()))
-    if new_user is not None:
-        select = select.where(sa.exists(sa.select(new_user.c.id)))
     statement: sa.Insert = (
         insert(dialect, lists).from_select(list(_INBOX), select).on_conflict_do_nothing()
     )
@@ -99,15 +98,14 @@ def provisioning_ctes(*, with_email: bool) -> tuple[sa.CTE, sa.CTE]:
     then provisions the user in the same round trip. Returns (user, inbox); the user CTE has
     a row only when the user was created by this statement."""
     user = ensure_user("postgresql", with_email=with_email).cte("provisioned")
-    return user, ensure_inbox("postgresql", user).cte("provisioned_inbox")
+    return user, ensure_inbox("postgresql").cte("provisioned_inbox")
 
 
 async def provision(session: Session, dialect: str, parameters: dict[str, Any]) -> bool:
     """Provision the user in a transaction; whether it was created now."""
     with_email = parameters.get("owner_email") is not None
     created = bool(await session.rows(ensure_user(dialect, with_email=with_email), parameters))
-    if created:
-        await session.rows(ensure_inbox(dialect), parameters)
+    await session.rows(ensure_inbox(dialect), parameters)
     return created
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from todo_api.auth.dependencies import Owner
+from todo_api.auth.dependencies import Owner, require_owner_on_every_route
 from todo_api.platform.http.dependencies import DatabaseDep, SettingsDep
 from todo_api.platform.http.openapi import operation_id
 from todo_api.platform.http.problems import responses
-from todo_api.auth.dependencies import require_owner_on_every_route
 from todo_api.platform.http.responses import json_response
 from todo_api.users import repository
 from todo_api.users.schemas import Limit, Limits, UserRead, UserUpdate

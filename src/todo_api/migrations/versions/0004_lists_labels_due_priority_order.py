@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -399,16 +399,20 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER tasks_counted_on_delete")
     for name in NEW_INDEXES:
         op.drop_index(name, table_name="tasks")
-    with op.batch_alter_table("tasks") as batch:
-        batch.drop_constraint("fk_tasks_list", type_="foreignkey")
-        for name in UNIQUE_INDEXES:
-            batch.drop_constraint(name, type_="unique")
-        for check in CHECKS:
-            batch.drop_constraint(
-                check if dialect == "postgresql" else check.removeprefix("ck_tasks_"), type_="check"
-            )
+    if dialect == "postgresql":
+        for name in ("fk_tasks_list", *UNIQUE_INDEXES, *CHECKS):
+            op.execute(f"ALTER TABLE tasks DROP CONSTRAINT {name}")
         for new_column in _new_task_columns():
-            batch.drop_column(new_column.name)
+            op.drop_column("tasks", new_column.name)
+    else:
+        with op.batch_alter_table("tasks") as batch:
+            batch.drop_constraint("fk_tasks_list", type_="foreignkey")
+            for name in UNIQUE_INDEXES:
+                batch.drop_constraint(name, type_="unique")
+            for check in CHECKS:
+                batch.drop_constraint(check.removeprefix("ck_tasks_"), type_="check")
+            for new_column in _new_task_columns():
+                batch.drop_column(new_column.name)
     op.drop_table("labels")
     op.drop_index("uq_lists_user_id_inbox", table_name="lists")
     op.drop_table("lists")

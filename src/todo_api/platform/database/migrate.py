@@ -6,6 +6,7 @@ Alembic is synchronous; it runs on an async connection through `run_sync` (Alemb
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from pathlib import Path
@@ -28,6 +29,7 @@ log = logging.getLogger("todo_api.migrate")
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 # Arbitrary but fixed: every replica must take the same PostgreSQL advisory lock.
 MIGRATION_LOCK_KEY = 0x70D0_A71
+LOCK_POLL_SECONDS = 0.2
 
 
 def include_object(
@@ -68,10 +70,7 @@ async def upgrade(engine: AsyncEngine, *, batched: bool = True) -> tuple[str | N
                 )
             return await _upgrade(connection, batched=False)
     async with engine.connect() as connection:
-        await connection.execute(
-            sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
-        )
-        await connection.commit()
+        await _lock(connection)
         try:
             return await _upgrade(connection, batched=True)
         finally:
@@ -80,6 +79,24 @@ async def upgrade(engine: AsyncEngine, *, batched: bool = True) -> tuple[str | N
                 sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY}
             )
             await connection.commit()
+
+
+async def _lock(connection: AsyncConnection) -> None:
+    """Take the session-level migration lock by polling: a statement left waiting on it would
+    hold a snapshot, and CREATE INDEX CONCURRENTLY in the lock holder's migration waits for
+    every older snapshot to end (a deadlock)."""
+    waiting = False
+    while True:
+        locked = await connection.scalar(
+            sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+        )
+        await connection.commit()
+        if locked:
+            return
+        if not waiting:
+            log.info("another process is migrating the database; waiting for it to finish")
+            waiting = True
+        await asyncio.sleep(LOCK_POLL_SECONDS)
 
 
 async def _upgrade(connection: AsyncConnection, *, batched: bool) -> tuple[str | None, str | None]:

@@ -22,10 +22,10 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from todo_api.platform.database.executors import Session
-from todo_api.platform.positions import MAX_LENGTH, SPREAD_WIDTH, between
+from todo_api.platform.positions import MAX_LENGTH, SPREAD_WIDTH, between, tail
 
 
-class ranked_key(FunctionElement[str]):  # noqa: N801  (a SQL function, named like one)
+class ranked_key(FunctionElement[str]):
     """`a` + the rank in SPREAD_WIDTH decimal digits + `V` (= positions.ranked(rank))."""
 
     type = sa.Text()
@@ -134,7 +134,9 @@ async def place(
     parameters: dict[str, Any] = {**scope, "moving_id": moving_id, "now": now}
     for _ in range(2):
         low, high = await _gap(session, statements, parameters, after_id, before_id)
-        key = between(low, high)
+        # After the last row: a clock key (as appends get), not `between(low, None)`, which
+        # would sort after every later append (`tail` keys are read-free, from the clock).
+        key = between(low, high) if high is not None else tail(now, low)
         if len(key) <= MAX_LENGTH:
             return key
         await session.rows(statements.park, parameters)

@@ -105,5 +105,7 @@ def _complete_operation(operation: dict[str, Any]) -> None:
             if len(others) == 1:
                 del schema["anyOf"]
                 schema.update(others[0])
+            else:  # a list id or `inbox`, say
+                schema["anyOf"] = others
     for response in operation.get("responses", {}).values():
         response.setdefault("headers", {})["X-Request-ID"] = HEADERS["X-Request-ID"]
