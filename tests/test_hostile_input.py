@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from support import assert_problem, count_rows, create_task, snapshot, stored_task
+from support import assert_problem, count_rows, create_task, running, snapshot, stored_task
 from todo_api.settings import Settings
 
 USER = "alice"
@@ -774,3 +777,758 @@ async def test_405_allow_header_lists_every_supported_method(
     assert_problem(response, 405)
     allowed = {m.strip() for m in response.headers["allow"].split(",")}
     assert allowed - {"HEAD"} == SUPPORTED_METHODS[suffix]
+
+
+# --- due dates, zones, labels, lists, bulk changes -------------------------------------------
+
+OTHER = "bob"
+
+
+async def everything(engine: AsyncEngine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table a task write can touch, in a stable order."""
+    tables = ("users", "lists", "labels", "tasks", "task_labels", "idempotency_keys")
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    async with engine.connect() as connection:
+        for table in tables:
+            result = await connection.execute(sa.text(f"SELECT * FROM {table}"))
+            rows[table] = sorted((tuple(row) for row in result), key=repr)
+    return rows
+
+
+@dataclass(frozen=True)
+class World:
+    """Alice's task (in her list, with her label) and her inbox task; Bob's task, list and
+    label: the ids a hostile request names."""
+
+    task: str
+    inbox_task: str
+    list: str
+    label: str
+    bobs_task: str
+    bobs_list: str
+    bobs_label: str
+
+
+@pytest.fixture
+async def world(client: httpx.AsyncClient) -> World:
+    return await make_world(client)
+
+
+async def make_world(client: httpx.AsyncClient) -> World:
+    async def made(path: str, body: dict[str, Any]) -> str:
+        response = await client.post(path, json=body)
+        assert response.status_code == 201, response.text
+        made_id: str = response.json()["id"]
+        return made_id
+
+    alices_list = await made(f"/api/{USER}/lists", {"name": "Errands"})
+    alices_label = await made(f"/api/{USER}/labels", {"name": "home"})
+    bobs_list = await made(f"/api/{OTHER}/lists", {"name": "Bob's"})
+    bobs_label = await made(f"/api/{OTHER}/labels", {"name": "bob"})
+    task = await create_task(
+        client,
+        list_id=alices_list,
+        label_ids=[alices_label],
+        due={"date": "2026-12-24", "time": "18:30", "timezone": "Europe/Berlin"},
+        priority="high",
+    )
+    inbox_task = await create_task(client, title="in the inbox")
+    bobs = await create_task(client, user=OTHER, list_id=bobs_list, label_ids=[bobs_label])
+    return World(
+        task["id"], inbox_task["id"], alices_list, alices_label, bobs["id"], bobs_list, bobs_label
+    )
+
+
+async def assert_changes_nothing(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    method: str,
+    url: str,
+    status: int,
+    *,
+    json_body: Any = None,
+    params: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Send the request; expect a `status` problem and every table exactly as it was."""
+    before = await everything(engine)
+
+    response = await client.request(method, url, json=json_body, params=params)
+
+    problem = assert_problem(response, status)
+    assert await everything(engine) == before
+    return problem
+
+
+# Each write that takes a due date, and the body that carries `due` (`{due}`) in it.
+def due_writes(world: World) -> list[tuple[str, str, Callable[[Any], dict[str, Any]], str]]:
+    """(method, url, body of a due, the field prefix errors name)."""
+    return [
+        ("POST", TASKS, lambda due: {"title": "x", "due": due}, "due"),
+        ("PATCH", f"{TASKS}/{world.task}", lambda due: {"due": due}, "due"),
+        ("PUT", f"{TASKS}/{world.task}", lambda due: {"title": "x", "due": due}, "due"),
+        (
+            "POST",
+            f"{TASKS}/bulk",
+            lambda due: {"ids": [world.task, world.inbox_task], "set": {"due": due}},
+            "set.due",
+        ),
+    ]
+
+
+WRITE_IDS = ["create", "update", "replace", "bulk"]
+
+BAD_DATES = [
+    "2026-02-30",
+    "2026-13-01",
+    "0000-01-01",
+    "2026-00-10",
+    "2026-1-1",
+    "20261201",
+    "2026-12-01T10:00:00Z",
+    "\N{FULLWIDTH DIGIT TWO}026-01-01",
+    "",
+    "2026-12-01\x00",
+    "x" * 10_240,
+    20_261_201,
+    1_764_547_200,
+    1.5,
+    True,
+    None,
+    [],
+    {},
+]
+BAD_TIMES = [
+    "24:00",
+    "09:60",
+    "23:59:60",
+    "10:00+02:00",
+    "10:00Z",
+    "10:00:00.5",
+    "9:30",
+    "10",
+    "",
+    "10:00\x00",
+    "x" * 10_240,
+    36_000,
+    10.5,
+    True,
+    [],
+]
+BAD_ZONES = [
+    "UTC+5",
+    "GMT-3",
+    "+05:00",
+    "Mars/Olympus",
+    "../../etc/passwd",
+    "/etc/localtime",
+    "localtime",
+    "Europe/../../x",
+    "Europe/Berlin/..",
+    "europe/berlin",
+    "Europe/Berlin ",
+    "",
+    "x" * 10_240,
+    "Europe/Berlin\x00",
+    "\x00",
+    5,
+    True,
+    [],
+]
+
+
+@pytest.mark.parametrize("write", range(4), ids=WRITE_IDS)
+@pytest.mark.parametrize("value", BAD_DATES, ids=repr)
+async def test_impossible_due_date_is_rejected(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, value: Any
+) -> None:
+    method, url, body, prefix = due_writes(world)[write]
+    problem = await assert_changes_nothing(
+        client, engine, method, url, 422, json_body=body({"date": value})
+    )
+    assert named_fields(problem) == {f"{prefix}.date"}
+
+
+@pytest.mark.parametrize("write", range(4), ids=WRITE_IDS)
+@pytest.mark.parametrize("value", BAD_TIMES, ids=repr)
+async def test_impossible_due_time_is_rejected(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, value: Any
+) -> None:
+    method, url, body, prefix = due_writes(world)[write]
+    problem = await assert_changes_nothing(
+        client, engine, method, url, 422, json_body=body({"date": "2026-12-01", "time": value})
+    )
+    assert named_fields(problem) == {f"{prefix}.time"}
+
+
+@pytest.mark.parametrize("write", range(4), ids=WRITE_IDS)
+@pytest.mark.parametrize("value", BAD_ZONES, ids=repr)
+async def test_due_zone_that_is_not_an_iana_name_is_rejected(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, value: Any
+) -> None:
+    method, url, body, prefix = due_writes(world)[write]
+    due = {"date": "2026-12-01", "time": "10:00", "timezone": value}
+    problem = await assert_changes_nothing(client, engine, method, url, 422, json_body=body(due))
+    assert named_fields(problem) == {f"{prefix}.timezone"}
+
+
+@pytest.mark.parametrize("write", range(4), ids=WRITE_IDS)
+@pytest.mark.parametrize(
+    "due",
+    [
+        pytest.param({"date": "2026-12-01", "timezone": "Europe/Berlin"}, id="zone-without-time"),
+        pytest.param({"time": "10:00"}, id="no-date"),
+        pytest.param({"date": "2026-12-01", "at": "2026-12-01T09:00:00Z"}, id="read-only-at"),
+        pytest.param({"date": "2026-12-01", "when": "soon"}, id="unknown-member"),
+        pytest.param("2026-12-01", id="bare-date-string"),
+        pytest.param(1_764_547_200, id="number"),
+        pytest.param([{"date": "2026-12-01"}], id="list"),
+    ],
+)
+async def test_malformed_due_object_is_rejected(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, due: Any
+) -> None:
+    method, url, body, prefix = due_writes(world)[write]
+    problem = await assert_changes_nothing(client, engine, method, url, 422, json_body=body(due))
+    assert all(name.startswith(prefix) for name in named_fields(problem)), problem
+
+
+@pytest.mark.parametrize("write", range(4), ids=WRITE_IDS)
+@pytest.mark.parametrize(
+    "due",
+    [
+        # The instant of a fixed due must exist: these local times are beyond year 9999 or
+        # before year 1 in UTC.
+        pytest.param(
+            {"date": "9999-12-31", "time": "23:00", "timezone": "America/Los_Angeles"},
+            id="after-9999-in-utc",
+        ),
+        pytest.param(
+            {"date": "0001-01-01", "time": "00:00", "timezone": "Asia/Tokyo"},
+            id="before-year-1-in-utc",
+        ),
+    ],
+)
+async def test_fixed_due_whose_instant_is_beyond_the_calendar_is_rejected(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, due: Any
+) -> None:
+    method, url, body, prefix = due_writes(world)[write]
+    problem = await assert_changes_nothing(client, engine, method, url, 422, json_body=body(due))
+    assert named_fields(problem) == {prefix}
+
+
+# --- the user's zone and `tz=` ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", BAD_ZONES, ids=repr)
+async def test_user_zone_that_is_not_an_iana_name_is_rejected(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, value: Any
+) -> None:
+    problem = await assert_changes_nothing(
+        client, engine, "PATCH", f"/api/{USER}", 422, json_body={"timezone": value}
+    )
+    assert named_fields(problem) == {"timezone"}
+    assert (await client.get(f"/api/{USER}")).json()["timezone"] == "UTC"
+
+
+@pytest.mark.parametrize("value", [zone for zone in BAD_ZONES if isinstance(zone, str)], ids=repr)
+@pytest.mark.parametrize("due", ["today", "overdue"])
+async def test_tz_query_that_is_not_an_iana_name_is_rejected(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, value: str, due: str
+) -> None:
+    problem = await assert_changes_nothing(
+        client, engine, "GET", TASKS, 422, params={"due": due, "tz": value}
+    )
+    assert named_fields(problem) == {"tz"}
+
+
+# --- priority -----------------------------------------------------------------------------------
+
+BAD_PRIORITIES = [1, 4, 0, -1, 2.5, True, "HIGH", "High", "urgent", "p1", "1", "", None, [], {}]
+
+
+@pytest.mark.parametrize("value", BAD_PRIORITIES, ids=repr)
+@pytest.mark.parametrize("write", ["create", "update", "replace", "bulk"])
+async def test_priority_that_is_not_a_name_is_rejected(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: str, value: Any
+) -> None:
+    # Numbers would invite the 1-is-high-or-4-is-high inversion; null clears nothing.
+    method, url, body, field = {
+        "create": ("POST", TASKS, {"title": "x", "priority": value}, "priority"),
+        "update": ("PATCH", f"{TASKS}/{world.task}", {"priority": value}, "priority"),
+        "replace": ("PUT", f"{TASKS}/{world.task}", {"title": "x", "priority": value}, "priority"),
+        "bulk": (
+            "POST",
+            f"{TASKS}/bulk",
+            {"ids": [world.task], "set": {"priority": value}},
+            "set.priority",
+        ),
+    }[write]
+    problem = await assert_changes_nothing(client, engine, method, url, 422, json_body=body)
+    assert named_fields(problem) == {field}
+
+
+@pytest.mark.parametrize("value", BAD_PRIORITIES[:8], ids=repr)
+async def test_priority_filter_that_is_not_a_name_is_rejected(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, value: Any
+) -> None:
+    problem = await assert_changes_nothing(
+        client, engine, "GET", TASKS, 422, params={"priority": str(value)}
+    )
+    assert {name.split(".")[0] for name in named_fields(problem)} == {"priority"}
+
+
+# --- label ids ----------------------------------------------------------------------------------
+
+
+def label_writes(world: World, label_ids: Any) -> list[tuple[str, str, dict[str, Any], str]]:
+    """Every write that takes label ids: (method, url, body, the field errors name)."""
+    return [
+        ("POST", TASKS, {"title": "x", "label_ids": label_ids}, "label_ids"),
+        ("PATCH", f"{TASKS}/{world.task}", {"label_ids": label_ids}, "label_ids"),
+        ("PUT", f"{TASKS}/{world.task}", {"title": "x", "label_ids": label_ids}, "label_ids"),
+        (
+            "POST",
+            f"{TASKS}/bulk",
+            {"ids": [world.task], "add_label_ids": label_ids},
+            "add_label_ids",
+        ),
+        (
+            "POST",
+            f"{TASKS}/bulk",
+            {"ids": [world.task], "remove_label_ids": label_ids},
+            "remove_label_ids",
+        ),
+    ]
+
+
+LABEL_WRITE_IDS = ["create", "update", "replace", "bulk-add", "bulk-remove"]
+
+
+@pytest.mark.parametrize("write", range(5), ids=LABEL_WRITE_IDS)
+async def test_another_users_label_is_not_found_and_named(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int
+) -> None:
+    label_ids = [world.label, world.bobs_label]
+    method, url, body, _ = label_writes(world, label_ids)[write]
+    problem = await assert_changes_nothing(client, engine, method, url, 422, json_body=body)
+    # The repository names the ids that are not the user's (one message for all writes).
+    assert world.bobs_label in problem["detail"] and world.label not in problem["detail"]
+    assert named_fields(problem) == {"label_ids"}
+
+
+@pytest.mark.parametrize("write", range(5), ids=LABEL_WRITE_IDS)
+@pytest.mark.parametrize(
+    "label_ids",
+    [
+        pytest.param("duplicate", id="duplicate"),
+        pytest.param("fifty-one", id="fifty-one"),
+        pytest.param(["not-a-uuid"], id="not-a-uuid"),
+        pytest.param([1], id="number"),
+        pytest.param([None], id="null-item"),
+        pytest.param(["' OR 1=1 --"], id="sql"),
+        pytest.param([SOME_ID + "\x00"], id="nul"),
+        pytest.param("0b6a2f4e-8a1b-4c1d-9e2f-3a4b5c6d7e8f", id="bare-string"),
+        pytest.param({"id": SOME_ID}, id="object"),
+    ],
+)
+async def test_malformed_label_ids_are_rejected(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, label_ids: Any
+) -> None:
+    if label_ids == "duplicate":
+        label_ids = [world.label, world.label.upper()]  # one id, spelled twice
+    elif label_ids == "fifty-one":
+        label_ids = [str(uuid.uuid4()) for _ in range(51)]
+    method, url, body, field = label_writes(world, label_ids)[write]
+    problem = await assert_changes_nothing(client, engine, method, url, 422, json_body=body)
+    assert {name.split(".")[0] for name in named_fields(problem)} == {field}
+
+
+@pytest.mark.parametrize("write", range(5), ids=LABEL_WRITE_IDS)
+async def test_ten_thousand_label_ids_are_refused(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int
+) -> None:
+    # 380 KB of ids: over the default body limit before anything is parsed.
+    label_ids = [str(uuid.uuid4()) for _ in range(10_000)]
+    method, url, body, _ = label_writes(world, label_ids)[write]
+    await assert_changes_nothing(client, engine, method, url, 413, json_body=body)
+
+
+@pytest.mark.parametrize("write", range(5), ids=LABEL_WRITE_IDS)
+async def test_ten_thousand_label_ids_under_a_larger_body_limit_are_rejected_by_count(
+    settings: Settings, engine: AsyncEngine, write: int
+) -> None:
+    # With room for the body, the list is parsed and refused for its length (≤ 50), not
+    # looked up: no query with 10,000 parameters, no 500.
+    roomy = settings.model_copy(update={"max_body_bytes": 1024 * 1024})
+    async with running(roomy) as client:
+        world_ = await make_world(client)
+        label_ids = [str(uuid.uuid4()) for _ in range(10_000)]
+        method, url, body, field = label_writes(world_, label_ids)[write]
+        problem = await assert_changes_nothing(client, engine, method, url, 422, json_body=body)
+    assert named_fields(problem) == {field}
+
+
+@pytest.mark.parametrize("param", ["labels_any", "labels_all"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("fifty-one", id="fifty-one"),
+        pytest.param("duplicate", id="duplicate"),
+        pytest.param("x", id="word"),
+        pytest.param("' OR 1=1 --", id="sql"),
+        pytest.param("-" * 36, id="dashes"),
+        pytest.param("0" * 33, id="33-hex"),
+        pytest.param("", id="empty"),
+        pytest.param(",", id="comma"),
+        pytest.param(SOME_ID + ",", id="trailing-comma"),
+        pytest.param(SOME_ID + "\x00", id="nul"),
+        pytest.param("x" * 10_240, id="10kb"),
+    ],
+)
+async def test_garbage_label_filter_is_rejected(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, param: str, value: str
+) -> None:
+    if value == "fifty-one":
+        value = ",".join(str(uuid.uuid4()) for _ in range(51))
+    elif value == "duplicate":
+        value = f"{world.label},{world.label}"
+    problem = await assert_changes_nothing(client, engine, "GET", TASKS, 422, params={param: value})
+    assert named_fields(problem) == {param}
+
+
+async def test_label_filter_with_another_users_label_shows_nothing_of_theirs(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    for param in ("labels_any", "labels_all"):
+        response = await client.get(TASKS, params={param: world.bobs_label})
+        assert response.status_code == 200, response.text
+        assert response.json()["items"] == []
+
+
+# --- list ids -----------------------------------------------------------------------------------
+
+BAD_LIST_REFS = ["Inbox", "INBOX", "inbox ", " inbox", "inbox\x00", "", "null", "../inbox", 1, True]
+
+
+def list_writes(world: World, ref: Any) -> list[tuple[str, str, dict[str, Any], str]]:
+    """Every write whose body names a list: (method, url, body, the field errors name)."""
+    return [
+        ("POST", TASKS, {"title": "x", "list_id": ref}, "list_id"),
+        ("PATCH", f"{TASKS}/{world.task}", {"list_id": ref}, "list_id"),
+        ("PUT", f"{TASKS}/{world.task}", {"title": "x", "list_id": ref}, "list_id"),
+        ("POST", f"{TASKS}/{world.task}/move", {"list_id": ref}, "list_id"),
+        ("POST", f"{TASKS}/bulk", {"ids": [world.task], "set": {"list_id": ref}}, "set.list_id"),
+    ]
+
+
+LIST_WRITE_IDS = ["create", "update", "replace", "move", "bulk"]
+
+
+@pytest.mark.parametrize("write", range(5), ids=LIST_WRITE_IDS)
+@pytest.mark.parametrize("whose", ["another-users", "nobodys"])
+async def test_list_that_is_not_the_users_is_not_found_and_named(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, whose: str
+) -> None:
+    ref = world.bobs_list if whose == "another-users" else str(uuid.uuid4())
+    method, url, body, _ = list_writes(world, ref)[write]
+    problem = await assert_changes_nothing(client, engine, method, url, 404, json_body=body)
+    assert ref in problem["detail"]
+
+
+@pytest.mark.parametrize("write", range(5), ids=LIST_WRITE_IDS)
+@pytest.mark.parametrize("ref", BAD_LIST_REFS, ids=repr)
+async def test_list_reference_that_is_neither_an_id_nor_inbox_is_rejected(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, ref: Any
+) -> None:
+    method, url, body, field = list_writes(world, ref)[write]
+    problem = await assert_changes_nothing(client, engine, method, url, 422, json_body=body)
+    assert {name.split(".uuid")[0].split(".literal")[0] for name in named_fields(problem)} == {
+        field
+    }
+
+
+@pytest.mark.parametrize("ref", [ref for ref in BAD_LIST_REFS if isinstance(ref, str)], ids=repr)
+async def test_list_filter_that_is_neither_an_id_nor_inbox_is_rejected(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, ref: str
+) -> None:
+    problem = await assert_changes_nothing(
+        client, engine, "GET", TASKS, 422, params={"list_id": ref, "sort": "position"}
+    )
+    assert {name.split(".")[0] for name in named_fields(problem)} == {"list_id"}
+
+
+async def test_list_filter_with_another_users_list_shows_nothing_of_theirs(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    response = await client.get(TASKS, params={"list_id": world.bobs_list, "sort": "position"})
+    assert response.status_code == 200, response.text
+    assert response.json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        pytest.param({"tasks": "move", "move_to": "bobs"}, id="move-to-another-users-list"),
+        pytest.param({"tasks": "move", "move_to": "random"}, id="move-to-nobodys-list"),
+    ],
+)
+async def test_deleting_a_list_into_a_list_that_is_not_the_users_changes_nothing(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, params: dict[str, str]
+) -> None:
+    target = world.bobs_list if params["move_to"] == "bobs" else str(uuid.uuid4())
+    problem = await assert_changes_nothing(
+        client,
+        engine,
+        "DELETE",
+        f"/api/{USER}/lists/{world.list}",
+        404,
+        params={"tasks": "move", "move_to": target},
+    )
+    assert target in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        pytest.param({"tasks": "move", "move_to": "Inbox"}, "move_to", id="Inbox"),
+        pytest.param({"tasks": "move", "move_to": "inbox "}, "move_to", id="inbox-space"),
+        pytest.param({"tasks": "move", "move_to": "self"}, "move_to", id="itself"),
+        pytest.param({"tasks": "move"}, "move_to", id="no-destination"),
+        pytest.param({"move_to": "inbox"}, "move_to", id="destination-without-move"),
+        pytest.param({"tasks": "MOVE", "move_to": "inbox"}, "tasks", id="MOVE"),
+        pytest.param({"tasks": "archive"}, "tasks", id="unknown-mode"),
+    ],
+)
+async def test_malformed_list_delete_is_rejected(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    world: World,
+    params: dict[str, str],
+    field: str,
+) -> None:
+    if params.get("move_to") == "self":
+        params = params | {"move_to": world.list}
+    problem = await assert_changes_nothing(
+        client, engine, "DELETE", f"/api/{USER}/lists/{world.list}", 422, params=params
+    )
+    assert {name.split(".")[0] for name in named_fields(problem)} == {field}
+
+
+@pytest.mark.parametrize("path", ["/lists/{bobs_list}", "/labels/{bobs_label}"])
+@pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])
+async def test_another_users_list_or_label_in_the_path_is_not_found(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, path: str, method: str
+) -> None:
+    url = f"/api/{USER}" + path.format(bobs_list=world.bobs_list, bobs_label=world.bobs_label)
+    body = {"name": "intruder"} if method == "PATCH" else None
+    await assert_changes_nothing(client, engine, method, url, 404, json_body=body)
+
+
+# --- moves --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        pytest.param({"after_id": "bobs_task"}, 422, "after_id", id="after-another-users-task"),
+        pytest.param({"before_id": "bobs_task"}, 422, "before_id", id="before-another-users"),
+        pytest.param({"after_id": "self"}, 422, "after_id", id="after-itself"),
+        pytest.param({"after_id": "inbox_task"}, 422, "after_id", id="anchor-in-another-list"),
+        pytest.param(
+            {"after_id": "inbox_task", "before_id": "inbox_task", "list_id": "inbox"},
+            422,
+            "before_id",
+            id="both-anchors",
+        ),
+        pytest.param({"after_id": "not-a-uuid"}, 422, "after_id", id="anchor-not-a-uuid"),
+        pytest.param({"position": "0"}, 422, "position", id="position-is-read-only"),
+    ],
+)
+async def test_bad_move_anchor_is_rejected(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    world: World,
+    body: dict[str, str],
+    status: int,
+    field: str,
+) -> None:
+    names = {"bobs_task": world.bobs_task, "self": world.task, "inbox_task": world.inbox_task}
+    body = {key: names.get(value, value) for key, value in body.items()}
+    problem = await assert_changes_nothing(
+        client, engine, "POST", f"{TASKS}/{world.task}/move", status, json_body=body
+    )
+    assert named_fields(problem) == {field}
+
+
+async def test_moving_another_users_task_is_not_found(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World
+) -> None:
+    await assert_changes_nothing(
+        client, engine, "POST", f"{TASKS}/{world.bobs_task}/move", 404, json_body={}
+    )
+
+
+# --- bulk changes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ids", "field"),
+    [
+        pytest.param("201", "ids", id="201-ids"),
+        pytest.param("duplicate", "ids", id="duplicate"),
+        pytest.param("duplicate-spelled-differently", "ids", id="duplicate-upper-case"),
+        pytest.param([], "ids", id="none"),
+        pytest.param(["not-a-uuid"], "ids", id="not-a-uuid"),
+        pytest.param([None], "ids", id="null"),
+        pytest.param("all", "ids", id="a-string"),
+    ],
+)
+async def test_malformed_bulk_ids_are_rejected(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, ids: Any, field: str
+) -> None:
+    if ids == "201":
+        ids = [world.task, *(str(uuid.uuid4()) for _ in range(200))]
+    elif ids == "duplicate":
+        ids = [world.task, world.inbox_task, world.task]
+    elif ids == "duplicate-spelled-differently":
+        ids = [world.task, world.task.upper()]
+    problem = await assert_changes_nothing(
+        client,
+        engine,
+        "POST",
+        f"{TASKS}/bulk",
+        422,
+        json_body={"ids": ids, "set": {"completed": True}},
+    )
+    assert {name.split(".")[0] for name in named_fields(problem)} == {field}
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"set": {"completed": True}},
+        {"set": {"priority": "low", "due": None}},
+        {"set": {"list_id": "inbox"}},
+        {"add_label_ids": ["label"]},
+        {"remove_label_ids": ["label"]},
+    ],
+    ids=["complete", "priority-and-due", "move", "add-label", "remove-label"],
+)
+async def test_bulk_with_one_of_another_users_tasks_changes_nothing(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, where: str, change: Any
+) -> None:
+    ids = [world.task, world.inbox_task]
+    ids = [world.bobs_task, *ids] if where == "first" else [*ids, world.bobs_task]
+    change = json.loads(json.dumps(change).replace('"label"', f'"{world.label}"'))
+    problem = await assert_changes_nothing(
+        client, engine, "POST", f"{TASKS}/bulk", 404, json_body={"ids": ids, **change}
+    )
+    assert world.bobs_task in problem["detail"]
+    assert world.task not in problem["detail"] and world.inbox_task not in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"completed": None},
+        {"priority": None},
+        {"list_id": None},
+        {"completed": "true"},
+        {"completed": 1},
+        {"title": "x"},
+        {"label_ids": []},
+        {"position": "0"},
+    ],
+    ids=repr,
+)
+async def test_bulk_set_with_a_value_it_cannot_set_is_rejected(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, values: dict[str, Any]
+) -> None:
+    # Only `due` may be null in `set` (it clears the due date): null is no completion state,
+    # priority or list.
+    problem = await assert_changes_nothing(
+        client,
+        engine,
+        "POST",
+        f"{TASKS}/bulk",
+        422,
+        json_body={"ids": [world.task], "set": values},
+    )
+    assert named_fields(problem) == {f"set.{next(iter(values))}"}
+
+
+async def test_bulk_adding_and_removing_one_label_is_rejected(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World
+) -> None:
+    body = {"ids": [world.task], "add_label_ids": [world.label], "remove_label_ids": [world.label]}
+    await assert_changes_nothing(client, engine, "POST", f"{TASKS}/bulk", 422, json_body=body)
+
+
+# --- listing parameters -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"sort": "position"},
+        {"sort": "-position"},
+        {"sort": "position", "due": "today"},
+        {"sort": "position", "labels_any": SOME_ID},
+    ],
+    ids=repr,
+)
+async def test_position_sort_without_a_list_is_bad_request(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, params: dict[str, str]
+) -> None:
+    await assert_changes_nothing(client, engine, "GET", TASKS, 400, params=params)
+
+
+@pytest.mark.parametrize("param", ["due_from", "due_to"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "99999-01-01",
+        "+10000-01-01",
+        "0000-01-01",
+        "-0001-01-01",
+        "2026-02-30",
+        "2026-13-01",
+        "1e9",
+        "9" * 1000,
+        "today",
+        "",
+        "2026-01-01\x00",
+    ],
+    ids=repr,
+)
+async def test_impossible_due_range_is_rejected(
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, param: str, value: str
+) -> None:
+    problem = await assert_changes_nothing(client, engine, "GET", TASKS, 422, params={param: value})
+    assert named_fields(problem) == {param}
+
+
+@pytest.mark.parametrize(
+    ("params", "matches"),
+    [
+        ({"due_from": "0001-01-01"}, True),
+        ({"due_to": "9999-12-31"}, True),
+        ({"due_from": "0001-01-01", "due_to": "9999-12-31"}, True),
+        ({"due_from": "0001-01-01", "tz": "Pacific/Kiritimati"}, True),
+        ({"due_to": "9999-12-31", "tz": "Etc/GMT+12"}, True),
+        ({"due_from": "9999-12-31", "tz": "Pacific/Kiritimati"}, False),
+        ({"due_to": "0001-01-01", "tz": "Etc/GMT+12"}, False),
+        ({"due_from": "9999-12-31", "due_to": "9999-12-31"}, False),
+        ({"due_from": "0001-01-01", "due_to": "0001-01-01"}, False),
+    ],
+    ids=repr,
+)
+async def test_due_range_at_the_ends_of_the_calendar_is_answered(
+    client: httpx.AsyncClient, world: World, params: dict[str, str], matches: bool
+) -> None:
+    # The first and last dates there are: valid dates, so an answer (never an overflow).
+    response = await client.get(TASKS, params=params)
+
+    assert response.status_code == 200, response.text
+    assert [task["id"] for task in response.json()["items"]] == ([world.task] if matches else [])

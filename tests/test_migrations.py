@@ -29,10 +29,10 @@ from sqlmodel import SQLModel
 
 from support import scratch_postgresql_database, settings_for
 from todo_api.platform.database import migrate
-from todo_api.tables.lists import inbox_id
 from todo_api.platform.database.engine import create_engine
 from todo_api.platform.database.types import UTCDateTime
 from todo_api.settings import Settings
+from todo_api.tables.lists import inbox_id
 
 HEAD = migrate.head_revision()
 ALL_TABLES = {

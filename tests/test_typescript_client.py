@@ -135,6 +135,7 @@ def test_generated_client_type_checks_and_drives_the_api(node: Node, server: Ser
         "delete",
         "list-again",
         "get-deleted-404",
+        "task-model",
     ]
     # Seen from outside the client too: the task it created is gone.
     gone = httpx.get(f"{server.base_url}/api/{user}/tasks/{summary['task_id']}", timeout=10)

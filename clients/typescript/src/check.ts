@@ -215,6 +215,62 @@ async function main(): Promise<void> {
   failed("get deleted", gone, 404);
   steps.push("get-deleted-404");
 
+  // 9. The task model: a list, a label, a fixed-zone due, a priority, then a filtered page.
+  const list = succeeded(
+    "create list",
+    await client.POST("/api/{user_id}/lists", { params: { path: user }, body: { name: "Work" } }),
+    201,
+  );
+  equal(list.is_inbox, false, "create list: is_inbox");
+  const label = succeeded(
+    "create label",
+    await client.POST("/api/{user_id}/labels", {
+      params: { path: user },
+      body: { name: `urgent ${randomUUID().slice(0, 8)}`, color: "#EF4444" },
+    }),
+    201,
+  );
+  equal(label.color, "#ef4444", "create label: color (stored lower-case)");
+  const modelled = succeeded(
+    "create modelled task",
+    await client.POST("/api/{user_id}/tasks", {
+      params: { path: user },
+      body: {
+        title: "Call New York",
+        priority: "high",
+        list_id: list.id,
+        label_ids: [label.id],
+        due: { date: "2026-12-24", time: "09:00", timezone: "America/New_York" },
+      },
+    }),
+    201,
+  );
+  equal(modelled.priority, "high", "create modelled task: priority");
+  equal(modelled.list_id, list.id, "create modelled task: list_id");
+  equal(modelled.due?.at ?? null, "2026-12-24T14:00:00Z", "create modelled task: due.at");
+  equal(modelled.labels[0]?.name ?? null, label.name, "create modelled task: label name");
+  const filtered = succeeded(
+    "filtered list",
+    await client.GET("/api/{user_id}/tasks", {
+      params: {
+        path: user,
+        query: { list_id: list.id, priority: ["high"], labels_any: label.id, sort: "position" },
+      },
+    }),
+    200,
+  );
+  equal(filtered.items.length, 1, "filtered list: items");
+  equal(filtered.items[0]?.id ?? null, modelled.id, "filtered list: the task");
+  const inboxOnly = succeeded(
+    "inbox filter",
+    await client.GET("/api/{user_id}/tasks", {
+      params: { path: user, query: { list_id: "inbox", labels_any: label.id } },
+    }),
+    200,
+  );
+  equal(inboxOnly.items.length, 0, "inbox filter: the task is in another list");
+  steps.push("task-model");
+
   const summary = {
     check: "typescript-client",
     ok: true,

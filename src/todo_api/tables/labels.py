@@ -24,7 +24,7 @@ class Label(SQLModel, table=True):
         ),
         sa.CheckConstraint(COLOR_CHECK.format(column="color"), name="color_format"),
         # `name_key` is the name folded (NFKC + casefold, computed in Python): `Work`, `work`
-        # and `ＷＯＲＫ` are one name, refused twice by this constraint, race-free.
+        # and the full-width `WORK` are one name, refused twice by this constraint, race-free.
         sa.UniqueConstraint("user_id", "name_key"),
     )
 

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -163,7 +163,7 @@ CONDITIONS: tuple[sa.ColumnElement[bool], ...] = (
 # --- evaluation -----------------------------------------------------------------------------------
 
 
-class DueFilter(str, Enum):
+class DueFilter(StrEnum):
     OVERDUE = "overdue"
     TODAY = "today"
     TOMORROW = "tomorrow"

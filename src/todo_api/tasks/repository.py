@@ -761,9 +761,9 @@ async def _create_in_transaction(
     label_ids: Sequence[uuid.UUID],
 ) -> str:
     user_id = new.task.user_id
-    if not await provision(session, dialect, parameters):
-        if not await session.rows(_USER_WITHIN_QUOTA, parameters):
-            raise QuotaExceeded("tasks", quotas.tasks)
+    created = await provision(session, dialect, parameters)
+    if not created and not await session.rows(_USER_WITHIN_QUOTA, parameters):
+        raise QuotaExceeded("tasks", quotas.tasks)
     if not new.into_inbox and not await session.rows(_LIST_EXISTS, parameters):
         raise ListNotFound(new.task.list_id)
     if key is not None:

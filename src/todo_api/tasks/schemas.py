@@ -14,7 +14,7 @@ import re
 import uuid
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
@@ -37,7 +37,7 @@ INBOX: Literal["inbox"] = "inbox"
 ListRef = uuid.UUID | Literal["inbox"]
 
 
-class Priority(str, Enum):
+class Priority(StrEnum):
     """Names, not numbers: no 1-is-high-or-4-is-high inversion (README maps the scales)."""
 
     NONE = "none"

@@ -360,9 +360,8 @@ def _create_indexes(concurrently: str) -> None:
         ):
             op.execute(f"DROP INDEX {concurrently}{name}")
     for name, columns in UNIQUE_INDEXES.items():
-        op.execute(
-            f"CREATE UNIQUE INDEX {concurrently}IF NOT EXISTS {name} ON tasks ({', '.join(columns)})"
-        )
+        listed = ", ".join(columns)
+        op.execute(f"CREATE UNIQUE INDEX {concurrently}IF NOT EXISTS {name} ON tasks ({listed})")
     for name, columns in NEW_INDEXES.items():
         op.execute(
             f"CREATE INDEX {concurrently}IF NOT EXISTS {name} ON tasks ({', '.join(columns)})"
