@@ -80,7 +80,8 @@ class Plan:
     metrics_compare: bool
     profile: tuple[str, ...]
     keep_database: bool
-    delay_ms: float  # latency mode: one way, each direction (a round trip costs twice this)
+    delay_ms: float
+    stamped_only: bool = False  # latency mode: one way, each direction (a round trip costs twice this)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
@@ -116,6 +117,7 @@ class Plan:
             profile=tuple(filter(None, (args.profile or "").split(","))),
             keep_database=args.keep_database,
             delay_ms=args.delay_ms,
+            stamped_only=args.stamped_only,
         )
 
 
@@ -138,6 +140,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile", metavar="SCENARIOS", help="py-spy the API under these scenarios (a,b,...)"
     )
     parser.add_argument("--keep-database", action="store_true", help="do not drop it at the end")
+    parser.add_argument(
+        "--stamped-only",
+        action="store_true",
+        help="write only new files: no latest*.md/.json, profiles as <time>-profile-<scenario>",
+    )
     parser.add_argument(
         "--latency",
         action="store_true",
@@ -337,7 +344,10 @@ class Bench:
     def run_profiles(self, api: Server) -> None:
         seconds = max(5, round(self.plan.seconds))
         for scenario in self.plan.profile:
-            stem = RESULTS / f"profile-{scenario}"
+            name = f"profile-{scenario}"
+            if self.plan.stamped_only:
+                name = f"{self.report.meta['stamp']}-{name}"
+            stem = RESULTS / name
             say(f"profiling the API under {scenario} ({seconds} s flamegraph + {seconds} s raw)")
             for fmt, suffix in (("flamegraph", ".svg"), ("raw", ".txt")):
                 profile.record(
@@ -595,9 +605,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Smoke reports (CI) go to results/smoke/, which results/.gitignore ignores.
     directory = RESULTS / "smoke" if plan.mode == "smoke" else RESULTS
     suffix = "-latency" if plan.mode == "latency" else ""
-    path, markdown = write(bench.report, names, directory=directory, suffix=suffix)
+    path, markdown = write(
+        bench.report, names, directory=directory, suffix=suffix, latest=not plan.stamped_only
+    )
     print(markdown)
-    say(f"report: {path.relative_to(REPO)} (+ .json, latest{suffix}.md, latest{suffix}.json)")
+    also = "" if plan.stamped_only else f", latest{suffix}.md, latest{suffix}.json"
+    say(f"report: {path.relative_to(REPO)} (+ .json{also})")
     say(f"finished in {time.perf_counter() - started:.0f} s")
     failures = bench.report.failures
     if failures:

@@ -62,6 +62,12 @@ SELECT gen_random_uuid(), $1, replace({_TITLE}, 'seeded task', 'big user task'),
 FROM generate_series(1, $2::int) AS g,
      LATERAL (SELECT now() - make_interval(secs => g)) AS t(ts)
 """
+# Priority and due date from a hash `h` (see DECORATE_TASKS); inserted rows get them inline.
+_DUE_DAY = "CASE WHEN (h / 4) % 10 < 4 THEN current_date + ((h / 40) % 21 - 14) END"
+_DECORATION = (
+    "h % 4, due.day, CASE WHEN due.day IS NOT NULL THEN "
+    "(due.day + time '23:59:59.999999') AT TIME ZONE 'UTC' END"
+)
 # --- head: every task in its user's inbox, with a position -----------------------------------
 # Inbox ids are uuid5(INBOX_NAMESPACE, user_id), computed in Python (todo_api.tables.lists).
 SEED_INBOXES = f"""
@@ -75,29 +81,34 @@ ON CONFLICT DO NOTHING
 # they sort below every `tail` key the API gives a create (`b...`).
 SEED_TASKS = f"""
 INSERT INTO tasks (id, user_id, list_id, position, title, description, completed,
-                   completed_at, created_at, updated_at)
+                   completed_at, priority, due_date, due_sort, created_at, updated_at)
 SELECT gen_random_uuid(), u.id, lists.id, 'a' || lpad(g::text, 9, '0') || 'V',
        {_TITLE}, CASE WHEN g % 3 = 0 THEN 'description of task ' || g END,
-       g % 4 = 0, CASE WHEN g % 4 = 0 THEN ts END, ts, ts
+       g % 4 = 0, CASE WHEN g % 4 = 0 THEN ts END, {_DECORATION}, ts, ts
 FROM generate_series(1 + $3::int, $2::int + $3::int) AS g
 CROSS JOIN LATERAL (SELECT 'bench-' || lpad((1 + g % $1::int)::text, 6, '0')) AS u(id)
 CROSS JOIN LATERAL (SELECT now() - make_interval(secs => g)) AS t(ts)
+CROSS JOIN LATERAL (SELECT abs(hashtext(g::text || 'd'))) AS hash(h)
+CROSS JOIN LATERAL (SELECT {_DUE_DAY}) AS due(day)
 JOIN lists ON lists.user_id = u.id AND lists.is_inbox
 """
 SEED_BIG_USER = f"""
 INSERT INTO tasks (id, user_id, list_id, position, title, description, completed,
-                   completed_at, created_at, updated_at)
+                   completed_at, priority, due_date, due_sort, created_at, updated_at)
 SELECT gen_random_uuid(), $1, $3::uuid, 'a' || lpad(g::text, 9, '0') || 'V',
        replace({_TITLE}, 'seeded task', 'big user task'), NULL,
-       g % 2 = 0, CASE WHEN g % 2 = 0 THEN ts END, ts, ts
-FROM generate_series(1, $2::int) AS g,
-     LATERAL (SELECT now() - make_interval(secs => g)) AS t(ts)
+       g % 2 = 0, CASE WHEN g % 2 = 0 THEN ts END, {_DECORATION}, ts, ts
+FROM generate_series(1, $2::int) AS g
+CROSS JOIN LATERAL (SELECT now() - make_interval(secs => g)) AS t(ts)
+CROSS JOIN LATERAL (SELECT abs(hashtext(g::text || 'd'))) AS hash(h)
+CROSS JOIN LATERAL (SELECT {_DUE_DAY}) AS due(day)
 """
 # --- the task model's data: priorities, all-day due dates, labels ---------------------------
 # From a hash of the task id: priority none/low/medium/high ~25% each; 40% have a due date,
 # all-day, from 14 days ago to 6 days ahead (so ~2/3 of those are past: overdue when open).
-# Only tasks not decorated yet (version 1, priority 0, no due): re-running after growing
-# the data touches the new rows only. `due_sort` is the end of the due day "as if UTC"
+# Only tasks not decorated yet (version 1, priority 0, no due): the migrated rows (rows
+# seeded in head's shape get the same distribution inline, from a hash of their number; the
+# ~30% of them with neither may be decorated here too, which keeps the distribution). `due_sort` is the end of the due day "as if UTC"
 # (todo_api.tasks.schemas.due_columns).
 DECORATE_TASKS = """
 UPDATE tasks SET priority = d.p, due_date = d.day,

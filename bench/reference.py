@@ -224,6 +224,7 @@ def _task(row: asyncpg.Record) -> dict[str, Any]:
         "position": row["position"],
         "created_at": _time(row["created_at"]),
         "updated_at": _time(row["updated_at"]),
+        "version": row["version"],
     }
 
 
@@ -393,6 +394,7 @@ async def create_task(request: Request) -> Response:
         "position": position,
         "created_at": _time(now),
         "updated_at": _time(now),
+        "version": 1,
     }
     response = _json(task, status=201)
     response.headers["Location"] = f"/api/{user_id}/tasks/{task_id}"

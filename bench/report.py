@@ -381,7 +381,12 @@ def to_json(report: Report) -> dict[str, Any]:
 
 
 def write(
-    report: Report, servers: list[str], *, directory: Path = RESULTS, suffix: str = ""
+    report: Report,
+    servers: list[str],
+    *,
+    directory: Path = RESULTS,
+    suffix: str = "",
+    latest: bool = True,
 ) -> tuple[Path, str]:
     """`<stamp><suffix>.md/.json` and `latest<suffix>.md/.json` in `directory`.
 
@@ -392,7 +397,7 @@ def write(
     markdown = render_latency(report, servers) if latency else render(report, servers)
     payload = json.dumps(to_json(report), indent=2, default=str) + "\n"
     stamp = report.meta["stamp"]
-    for stem in (f"{stamp}{suffix}", f"latest{suffix}"):
+    for stem in (f"{stamp}{suffix}", f"latest{suffix}")[: 2 if latest else 1]:
         (directory / f"{stem}.md").write_text(markdown)
         (directory / f"{stem}.json").write_text(payload)
     return directory / f"{stamp}{suffix}.md", markdown

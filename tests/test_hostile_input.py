@@ -706,7 +706,6 @@ SOME_ID = "0b6a2f4e-8a1b-4c1d-9e2f-3a4b5c6d7e8f"
     [
         "/",
         "/api",
-        "/api/alice",
         "/api/alice/todos",
         "/api/alice/task",
         f"/api/alice/tasks/{SOME_ID}/done",
@@ -877,6 +876,17 @@ def due_writes(world: World) -> list[tuple[str, str, Callable[[Any], dict[str, A
 
 WRITE_IDS = ["create", "update", "replace", "bulk"]
 
+
+def spread(corpus: list[Any], names: list[str], everywhere: int = 3) -> list[Any]:
+    """The whole corpus on the first write, its first `everywhere` values on the others too:
+    the writes share their validation, and the suite runs on every backend within budget."""
+    cases = [pytest.param(0, value, id=f"{names[0]}-{value!r:.40}") for value in corpus]
+    for write, name in enumerate(names[1:], start=1):
+        for value in corpus[:everywhere]:
+            cases.append(pytest.param(write, value, id=f"{name}-{value!r:.40}"))
+    return cases
+
+
 BAD_DATES = [
     "2026-02-30",
     "2026-13-01",
@@ -916,12 +926,12 @@ BAD_TIMES = [
 ]
 BAD_ZONES = [
     "UTC+5",
-    "GMT-3",
-    "+05:00",
     "Mars/Olympus",
     "../../etc/passwd",
     "/etc/localtime",
     "localtime",
+    "GMT-3",
+    "+05:00",
     "Europe/../../x",
     "Europe/Berlin/..",
     "europe/berlin",
@@ -936,8 +946,7 @@ BAD_ZONES = [
 ]
 
 
-@pytest.mark.parametrize("write", range(4), ids=WRITE_IDS)
-@pytest.mark.parametrize("value", BAD_DATES, ids=repr)
+@pytest.mark.parametrize(("write", "value"), spread(BAD_DATES, WRITE_IDS))
 async def test_impossible_due_date_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, value: Any
 ) -> None:
@@ -948,8 +957,7 @@ async def test_impossible_due_date_is_rejected(
     assert named_fields(problem) == {f"{prefix}.date"}
 
 
-@pytest.mark.parametrize("write", range(4), ids=WRITE_IDS)
-@pytest.mark.parametrize("value", BAD_TIMES, ids=repr)
+@pytest.mark.parametrize(("write", "value"), spread(BAD_TIMES, WRITE_IDS))
 async def test_impossible_due_time_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, value: Any
 ) -> None:
@@ -960,8 +968,7 @@ async def test_impossible_due_time_is_rejected(
     assert named_fields(problem) == {f"{prefix}.time"}
 
 
-@pytest.mark.parametrize("write", range(4), ids=WRITE_IDS)
-@pytest.mark.parametrize("value", BAD_ZONES, ids=repr)
+@pytest.mark.parametrize(("write", "value"), spread(BAD_ZONES, WRITE_IDS, everywhere=1))
 async def test_due_zone_that_is_not_an_iana_name_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, value: Any
 ) -> None:
@@ -971,19 +978,18 @@ async def test_due_zone_that_is_not_an_iana_name_is_rejected(
     assert named_fields(problem) == {f"{prefix}.timezone"}
 
 
-@pytest.mark.parametrize("write", range(4), ids=WRITE_IDS)
-@pytest.mark.parametrize(
-    "due",
-    [
-        pytest.param({"date": "2026-12-01", "timezone": "Europe/Berlin"}, id="zone-without-time"),
-        pytest.param({"time": "10:00"}, id="no-date"),
-        pytest.param({"date": "2026-12-01", "at": "2026-12-01T09:00:00Z"}, id="read-only-at"),
-        pytest.param({"date": "2026-12-01", "when": "soon"}, id="unknown-member"),
-        pytest.param("2026-12-01", id="bare-date-string"),
-        pytest.param(1_764_547_200, id="number"),
-        pytest.param([{"date": "2026-12-01"}], id="list"),
-    ],
-)
+MALFORMED_DUES = [
+    {"date": "2026-12-01", "timezone": "Europe/Berlin"},  # a zone without a time
+    {"time": "10:00"},
+    {"date": "2026-12-01", "at": "2026-12-01T09:00:00Z"},  # read-only
+    {"date": "2026-12-01", "when": "soon"},
+    "2026-12-01",
+    1_764_547_200,
+    [{"date": "2026-12-01"}],
+]
+
+
+@pytest.mark.parametrize(("write", "due"), spread(MALFORMED_DUES, WRITE_IDS, everywhere=1))
 async def test_malformed_due_object_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, due: Any
 ) -> None:
@@ -1031,25 +1037,23 @@ async def test_user_zone_that_is_not_an_iana_name_is_rejected(
 
 
 @pytest.mark.parametrize("value", [zone for zone in BAD_ZONES if isinstance(zone, str)], ids=repr)
-@pytest.mark.parametrize("due", ["today", "overdue"])
 async def test_tz_query_that_is_not_an_iana_name_is_rejected(
-    client: httpx.AsyncClient, engine: AsyncEngine, world: World, value: str, due: str
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, value: str
 ) -> None:
     problem = await assert_changes_nothing(
-        client, engine, "GET", TASKS, 422, params={"due": due, "tz": value}
+        client, engine, "GET", TASKS, 422, params={"due": "today", "tz": value}
     )
     assert named_fields(problem) == {"tz"}
 
 
 # --- priority -----------------------------------------------------------------------------------
 
-BAD_PRIORITIES = [1, 4, 0, -1, 2.5, True, "HIGH", "High", "urgent", "p1", "1", "", None, [], {}]
+BAD_PRIORITIES = [1, 4, "HIGH", None, 0, -1, 2.5, True, "High", "urgent", "p1", "1", "", [], {}]
 
 
-@pytest.mark.parametrize("value", BAD_PRIORITIES, ids=repr)
-@pytest.mark.parametrize("write", ["create", "update", "replace", "bulk"])
+@pytest.mark.parametrize(("write", "value"), spread(BAD_PRIORITIES, WRITE_IDS, everywhere=1))
 async def test_priority_that_is_not_a_name_is_rejected(
-    client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: str, value: Any
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, value: Any
 ) -> None:
     # Numbers would invite the 1-is-high-or-4-is-high inversion; null clears nothing.
     method, url, body, field = {
@@ -1062,7 +1066,7 @@ async def test_priority_that_is_not_a_name_is_rejected(
             {"ids": [world.task], "set": {"priority": value}},
             "set.priority",
         ),
-    }[write]
+    }[WRITE_IDS[write]]
     problem = await assert_changes_nothing(client, engine, method, url, 422, json_body=body)
     assert named_fields(problem) == {field}
 
@@ -1116,21 +1120,20 @@ async def test_another_users_label_is_not_found_and_named(
     assert named_fields(problem) == {"label_ids"}
 
 
-@pytest.mark.parametrize("write", range(5), ids=LABEL_WRITE_IDS)
-@pytest.mark.parametrize(
-    "label_ids",
-    [
-        pytest.param("duplicate", id="duplicate"),
-        pytest.param("fifty-one", id="fifty-one"),
-        pytest.param(["not-a-uuid"], id="not-a-uuid"),
-        pytest.param([1], id="number"),
-        pytest.param([None], id="null-item"),
-        pytest.param(["' OR 1=1 --"], id="sql"),
-        pytest.param([SOME_ID + "\x00"], id="nul"),
-        pytest.param("0b6a2f4e-8a1b-4c1d-9e2f-3a4b5c6d7e8f", id="bare-string"),
-        pytest.param({"id": SOME_ID}, id="object"),
-    ],
-)
+MALFORMED_LABEL_IDS = [
+    "duplicate",
+    "fifty-one",
+    ["not-a-uuid"],
+    [1],
+    [None],
+    ["' OR 1=1 --"],
+    [SOME_ID + "\x00"],
+    SOME_ID,
+    {"id": SOME_ID},
+]
+
+
+@pytest.mark.parametrize(("write", "label_ids"), spread(MALFORMED_LABEL_IDS, LABEL_WRITE_IDS))
 async def test_malformed_label_ids_are_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, label_ids: Any
 ) -> None:
@@ -1153,7 +1156,7 @@ async def test_ten_thousand_label_ids_are_refused(
     await assert_changes_nothing(client, engine, method, url, 413, json_body=body)
 
 
-@pytest.mark.parametrize("write", range(5), ids=LABEL_WRITE_IDS)
+@pytest.mark.parametrize("write", [0, 3], ids=["create", "bulk-add"])
 async def test_ten_thousand_label_ids_under_a_larger_body_limit_are_rejected_by_count(
     settings: Settings, engine: AsyncEngine, write: int
 ) -> None:
@@ -1168,26 +1171,28 @@ async def test_ten_thousand_label_ids_under_a_larger_body_limit_are_rejected_by_
     assert named_fields(problem) == {field}
 
 
-@pytest.mark.parametrize("param", ["labels_any", "labels_all"])
+GARBAGE_LABEL_FILTERS = [
+    "fifty-one",
+    "duplicate",
+    "x",
+    "' OR 1=1 --",
+    "-" * 36,
+    "0" * 33,
+    "",
+    ",",
+    SOME_ID + ",",
+    SOME_ID + "\x00",
+    "x" * 10_240,
+]
+
+
 @pytest.mark.parametrize(
-    "value",
-    [
-        pytest.param("fifty-one", id="fifty-one"),
-        pytest.param("duplicate", id="duplicate"),
-        pytest.param("x", id="word"),
-        pytest.param("' OR 1=1 --", id="sql"),
-        pytest.param("-" * 36, id="dashes"),
-        pytest.param("0" * 33, id="33-hex"),
-        pytest.param("", id="empty"),
-        pytest.param(",", id="comma"),
-        pytest.param(SOME_ID + ",", id="trailing-comma"),
-        pytest.param(SOME_ID + "\x00", id="nul"),
-        pytest.param("x" * 10_240, id="10kb"),
-    ],
+    ("which", "value"), spread(GARBAGE_LABEL_FILTERS, ["labels_any", "labels_all"])
 )
 async def test_garbage_label_filter_is_rejected(
-    client: httpx.AsyncClient, engine: AsyncEngine, world: World, param: str, value: str
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, which: int, value: str
 ) -> None:
+    param = ["labels_any", "labels_all"][which]
     if value == "fifty-one":
         value = ",".join(str(uuid.uuid4()) for _ in range(51))
     elif value == "duplicate":
@@ -1235,8 +1240,7 @@ async def test_list_that_is_not_the_users_is_not_found_and_named(
     assert ref in problem["detail"]
 
 
-@pytest.mark.parametrize("write", range(5), ids=LIST_WRITE_IDS)
-@pytest.mark.parametrize("ref", BAD_LIST_REFS, ids=repr)
+@pytest.mark.parametrize(("write", "ref"), spread(BAD_LIST_REFS, LIST_WRITE_IDS, everywhere=1))
 async def test_list_reference_that_is_neither_an_id_nor_inbox_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, ref: Any
 ) -> None:
@@ -1484,27 +1488,26 @@ async def test_position_sort_without_a_list_is_bad_request(
     await assert_changes_nothing(client, engine, "GET", TASKS, 400, params=params)
 
 
-@pytest.mark.parametrize("param", ["due_from", "due_to"])
-@pytest.mark.parametrize(
-    "value",
-    [
-        "99999-01-01",
-        "+10000-01-01",
-        "0000-01-01",
-        "-0001-01-01",
-        "2026-02-30",
-        "2026-13-01",
-        "1e9",
-        "9" * 1000,
-        "today",
-        "",
-        "2026-01-01\x00",
-    ],
-    ids=repr,
-)
+BAD_RANGE_DATES = [
+    "99999-01-01",
+    "0000-01-01",
+    "2026-02-30",
+    "+10000-01-01",
+    "-0001-01-01",
+    "2026-13-01",
+    "1e9",
+    "9" * 1000,
+    "today",
+    "",
+    "2026-01-01\x00",
+]
+
+
+@pytest.mark.parametrize(("which", "value"), spread(BAD_RANGE_DATES, ["due_from", "due_to"]))
 async def test_impossible_due_range_is_rejected(
-    client: httpx.AsyncClient, engine: AsyncEngine, world: World, param: str, value: str
+    client: httpx.AsyncClient, engine: AsyncEngine, world: World, which: int, value: str
 ) -> None:
+    param = ["due_from", "due_to"][which]
     problem = await assert_changes_nothing(client, engine, "GET", TASKS, 422, params={param: value})
     assert named_fields(problem) == {param}
 

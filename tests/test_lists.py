@@ -133,11 +133,6 @@ async def test_the_inbox_of_a_user_without_requests_yet_cannot_be_deleted(
     assert [item["is_inbox"] for item in await all_lists(client, user="newcomer")] == [True]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: POST /lists/inbox/move for a user with no row yet is 404 (move_list does not "
-    "provision the user and inbox, unlike GET/PATCH /lists/inbox and POST /lists)",
-)
 async def test_the_inbox_of_a_user_without_requests_yet_can_be_moved(
     client: httpx.AsyncClient,
 ) -> None:

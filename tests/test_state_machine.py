@@ -33,8 +33,9 @@ What the model cannot know, it takes from the database and then holds it to it:
   agree (due dates cluster around today, in UTC: the users' zone).
 
 Each example starts from empty tables, on its own engine and event loop. The numbers are set
-for about 15-20 s per backend on the shared 2-core machine; CI (CI=true) runs the same fixed
-sequences every time (derandomized) and does not shrink a failure (see hypothesis_settings).
+for about 25 s on SQLite and 15 s on PostgreSQL on the shared 2-core machine; CI (CI=true) runs
+the same fixed sequences every time (derandomized) and does not shrink a failure (see
+hypothesis_settings).
 Run with `-s` for one line per backend with how many examples, steps and rules ran.
 """
 
@@ -123,7 +124,7 @@ BY_POSITION = parse_sort("position")
 RANKED_KEY = re.compile(r"a\d{9}V")  # what a rebalance gives every task of a list
 INBOX_NAME = "Inbox"
 
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 18  # 25 before lists, labels, moves and bulk changes: as fast as then
 STEPS = 20
 
 
@@ -1005,12 +1006,9 @@ class TaskMachine(RuleBasedStateMachine):
             self.call, lists_repository.delete_list, user_id=user, list_id=list_id,
             move_to=destination,
         )  # fmt: skip
-        if list_id == inbox_id(user):
-            if account.provisioned:
-                with pytest.raises(InboxNotDeletable):
-                    call()
-            else:
-                assert call() is False
+        if list_id == inbox_id(user):  # provisioned or not: the inbox is never deletable
+            with pytest.raises(InboxNotDeletable):
+                call()
             return
         if list_id not in account.lists:
             assert call() is False
@@ -1267,6 +1265,8 @@ class TaskMachine(RuleBasedStateMachine):
             function, arguments = repository.update_task, {
                 "task_id": task_id, "changes": {"label_ids": [foreign_label]}, "quotas": QUOTAS
             }  # fmt: skip
+            # A missing task with a foreign label: either answer is "not yours" (the labels
+            # may be checked first).
             expected = LabelsNotFound if mine else None
         elif operation.startswith("bulk"):
             ids = list(account.tasks)[:3]
@@ -1306,7 +1306,12 @@ class TaskMachine(RuleBasedStateMachine):
             function, arguments = labels_repository.delete_label, {"label_id": foreign_label}
             expected = None
         if expected is None:
-            assert self.call(function, **own, **arguments) in (None, False)
+            try:
+                result = self.call(function, **own, **arguments)
+            except (LabelsNotFound, ListNotFound):
+                assert not mine and operation in ("set label", "patch list")
+            else:
+                assert result in (None, False)
         else:
             with pytest.raises(expected):
                 self.call(function, **own, **arguments)

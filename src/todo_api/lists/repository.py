@@ -231,11 +231,14 @@ async def move_list(
     after_id: uuid.UUID | None,
     before_id: uuid.UUID | None,
     if_match: Sequence[int] | None = None,
+    email: str | None = None,
 ) -> ListRead | None:
     """Raises AnchorNotFound (from `place`) when the anchor is not one of the user's lists."""
     now = utcnow()
 
     async def work(session: Session) -> bool:
+        # A user's first request may be moving the inbox: it exists from then on.
+        await provision(session, db.dialect, owner_parameters(user_id, now, email))
         await lock_user(session, user_id)
         parameters = {"owner_id": user_id, "list_id": list_id}
         found = await session.rows(_EXISTS, parameters)

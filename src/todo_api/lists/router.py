@@ -169,6 +169,7 @@ async def move_list(
             after_id=after,
             before_id=before,
             if_match=if_match_versions(if_match),
+            email=owner.email,
         )
     except AnchorNotFound as error:
         field = "after_id" if after is not None else "before_id"

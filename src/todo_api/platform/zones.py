@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import zoneinfo
+from importlib import resources
 from typing import Annotated
 
 from pydantic import AfterValidator, Strict, StringConstraints
@@ -18,7 +19,10 @@ ZONE_NAME_MAX = 64
 
 @functools.cache
 def zone_names() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
+    # The shipped tzdata's names, not the host's: `available_timezones()` also lists the files
+    # of the host's zoneinfo directory, where Debian has `localtime` (the host's own zone).
+    listed = resources.files("tzdata").joinpath("zones").read_text(encoding="utf-8")
+    return frozenset(listed.split())
 
 
 def checked_zone(name: str) -> str:

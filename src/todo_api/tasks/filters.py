@@ -184,17 +184,33 @@ def window_parameters(
         return {f"{prefix}_{name}": None for name in names}
     first = first or date.min + timedelta(days=3)
     last = last or date.max - timedelta(days=3)
+    # The coarse bounds stop short of the ends of the calendar (due_from=0001-01-01 or
+    # due_to=9999-12-31 overflowed there: a 500); the exact tests still decide.
+    low = max(first, _FIRST) - timedelta(days=2)
+    high = min(last, _LAST) + timedelta(days=3)
     local = zone(zone_name)
     return {
         f"{prefix}_from_date": first,
         f"{prefix}_to_date": last,
-        f"{prefix}_low": _wall(first - timedelta(days=2)),
-        f"{prefix}_high": _wall(last + timedelta(days=3)),
-        f"{prefix}_from_at": datetime.combine(first, time.min, tzinfo=local).astimezone(UTC),
-        f"{prefix}_to_at": datetime.combine(
-            last + timedelta(days=1), time.min, tzinfo=local
-        ).astimezone(UTC),
+        f"{prefix}_low": _wall(low),
+        f"{prefix}_high": _wall(high),
+        f"{prefix}_from_at": _midnight(first, local, datetime.min),
+        f"{prefix}_to_at": _midnight(last + timedelta(days=1), local, datetime.max)
+        if last < date.max
+        else datetime.max.replace(tzinfo=UTC),
     }
+
+
+_FIRST = date.min + timedelta(days=2)
+_LAST = date.max - timedelta(days=3)
+
+
+def _midnight(day: date, local: Any, bound: datetime) -> datetime:
+    """The UTC instant of the day's local midnight, or `bound` where that is off the calendar."""
+    try:
+        return datetime.combine(day, time.min, tzinfo=local).astimezone(UTC)
+    except OverflowError:
+        return bound.replace(tzinfo=UTC)
 
 
 def overdue_parameters(

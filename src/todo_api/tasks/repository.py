@@ -192,6 +192,7 @@ def sort_key(task: TaskRead, sort: TaskSort) -> Any:
 _OWNER = tasks.c.user_id == sa.bindparam("owner_id", type_=tasks.c.user_id.type)
 _OWNED = (tasks.c.id == sa.bindparam("task_id", type_=tasks.c.id.type), _OWNER)
 _GET = sa.select(*_TASK_COLUMNS).where(*_OWNED)
+_GET_LOCKED = _GET.with_for_update(of=tasks)
 _DELETE_ALL = (
     sa.delete(tasks)
     .where(_OWNER, tasks.c.completed == sa.bindparam("done", type_=sa.Boolean))
@@ -879,8 +880,11 @@ async def _update_one(
             return _one_task(await _changed(db, statement, parameters, if_match=if_match))
 
         async def work(session: Session) -> TaskRead | None:
-            # Labels first, so that the UPDATE's RETURNING reads them as they now are; a
-            # stale If-Match raises below and rolls them back.
+            if if_match is not None:  # checked first, so a 412 shows the task as it is
+                current = _one_task(await session.rows(_GET_LOCKED, parameters))
+                if current is not None and current.version not in if_match:
+                    raise StaleVersion(current)
+            # Labels before the UPDATE, so that its RETURNING reads them as they now are.
             await _labels_checked(session, db.dialect, user_id, label_ids)
             ids = {
                 "owner_id": user_id,

@@ -104,6 +104,11 @@ class DueInput(InputModel):
     def _zone_needs_time(self) -> DueInput:
         if self.timezone is not None and self.time is None:
             raise ValueError("timezone needs a time: an all-day due has no zone")
+        if self.timezone is not None and self.time is not None:
+            try:  # its instant (`at`) must exist: 9999-12-31 23:00 in Los Angeles does not
+                datetime.combine(self.date, self.time, tzinfo=zone(self.timezone)).astimezone(UTC)
+            except OverflowError:
+                raise ValueError("the due's instant in UTC is outside years 1 to 9999") from None
         return self
 
 
