@@ -11,7 +11,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Strict, StringConstr
 from pydantic import Field as PydanticField
 
 from todo_api.platform.http.colors import Color
-from todo_api.platform.http.schemas import InputModel, PartialInput, partial_model, request_schema
+from todo_api.platform.http.schemas import (
+    InputModel,
+    PartialInput,
+    one_anchor,
+    partial_model,
+    request_schema,
+)
 from todo_api.platform.http.text import SINGLE_LINE_PATTERN, single_line
 from todo_api.tables.lists import LIST_NAME_MAX
 
@@ -62,7 +68,7 @@ class Move(InputModel):
     before_id: ListRef | None = PydanticField(default=None)
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra=request_schema({"after_id": "inbox"})
+        extra="forbid", json_schema_extra=one_anchor(request_schema({"after_id": "inbox"}))
     )
 
 

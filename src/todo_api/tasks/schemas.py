@@ -23,12 +23,17 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     TypeAdapter,
-    field_validator,
     model_validator,
 )
 from pydantic import Field as PydanticField
 
-from todo_api.platform.http.schemas import InputModel, PartialInput, partial_model, request_schema
+from todo_api.platform.http.schemas import (
+    InputModel,
+    PartialInput,
+    one_anchor,
+    partial_model,
+    request_schema,
+)
 from todo_api.platform.zones import ZoneName, zone
 from todo_api.tables.tasks import StrictBool, TaskFields
 
@@ -189,25 +194,29 @@ class TaskMove(InputModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra=request_schema({"after_id": "0b6a1f8e-3c4d-4e5f-8a9b-0c1d2e3f4a5b"}),
+        json_schema_extra=one_anchor(
+            request_schema({"after_id": "0b6a1f8e-3c4d-4e5f-8a9b-0c1d2e3f4a5b"})
+        ),
     )
 
 
-class BulkSet(InputModel):
-    completed: StrictBool | None = None
-    priority: PriorityName | None = None
-    list_id: ListRef | None = None
-    due: DueInput | None = None
+class BulkFields(InputModel):
+    completed: StrictBool
+    priority: PriorityName
+    list_id: ListRef
+    due: DueInput | None
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=request_schema({"completed": True}))
 
-    @field_validator("completed", "priority", "list_id", mode="before")
-    @classmethod
-    def _not_null(cls, value: object) -> object:
-        # May be omitted, not cleared: only `due` has a null (no due date).
-        if value is None:
-            raise ValueError("cannot be null")
-        return value
+if TYPE_CHECKING:
+    BulkSet = PartialInput
+else:
+    # Omittable, never null, except `due` (null: no due date): in the schema too.
+    BulkSet = partial_model(
+        BulkFields,
+        name="BulkSet",
+        doc="The fields to set on every task named; absent ones stay as they are.",
+        examples=[{"completed": True}, {"list_id": "inbox", "due": None}],
+    )
 
 
 MAX_BULK = 200

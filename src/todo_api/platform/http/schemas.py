@@ -45,6 +45,19 @@ def request_schema(*examples: dict[str, Any]) -> Callable[[dict[str, Any]], None
     return extra
 
 
+def one_anchor(
+    extra: Callable[[dict[str, Any]], None],
+) -> Callable[[dict[str, Any]], None]:
+    """A move body's schema: `after_id` or `before_id`, not both (so generated clients and
+    fuzzers know the rule the server checks)."""
+
+    def with_rule(schema: dict[str, Any]) -> None:
+        extra(schema)
+        schema["not"] = {"required": ["after_id", "before_id"]}
+
+    return with_rule
+
+
 def partial_model(
     fields: type[SQLModel], *, name: str, doc: str, examples: list[dict[str, Any]]
 ) -> Any:
