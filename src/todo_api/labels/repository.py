@@ -22,6 +22,7 @@ from todo_api.platform.database.database import Database
 from todo_api.platform.database.errors import DatabaseError, Failure
 from todo_api.platform.database.executors import Session
 from todo_api.platform.database.types import utcnow
+from todo_api.platform.database.updates import flag_parameters, flagged_values, versioned
 from todo_api.platform.database.versions import versions_match, versions_parameter
 from todo_api.platform.http.conditional import StaleVersion
 from todo_api.platform.http.problems import QuotaExceeded
@@ -131,26 +132,14 @@ async def create_label(
         raise LabelNameTaken(holder.name if holder else name) from error
 
 
-_EDITABLE = ("name", "name_key", "color")
+# A new name sets its folded key too.
+_WRITABLE = {"name": ("name", "name_key"), "color": ("color",)}
 
 
 @functools.cache
 def _update(dialect: str, *, guarded: bool) -> sa.Update:
     # One statement text whichever fields change: each is set only when its flag is.
-    values: dict[str, Any] = {
-        name: sa.case(
-            (
-                sa.bindparam(f"set_{name}", type_=sa.Boolean),
-                sa.bindparam(f"value_{name}", type_=labels.c[name].type),
-            ),
-            else_=labels.c[name],
-        )
-        for name in _EDITABLE
-    }
-    values |= {
-        "updated_at": sa.bindparam("now", type_=labels.c.updated_at.type),
-        "version": labels.c.version + 1,
-    }
+    values = flagged_values(labels, _WRITABLE) | versioned(labels)
     statement = sa.update(labels).values(values).where(_OWNER, _THIS)
     if guarded:
         statement = statement.where(versions_match(labels.c.version, dialect))
@@ -184,9 +173,7 @@ async def update_label(
     if "name" in changes:
         changes = changes | {"name_key": name_key(changes["name"])}
     parameters: dict[str, Any] = {"owner_id": user_id, "label_id": label_id, "now": utcnow()}
-    for name in _EDITABLE:
-        parameters[f"set_{name}"] = name in changes
-        parameters[f"value_{name}"] = changes.get(name)
+    parameters |= flag_parameters(_WRITABLE, changes, changes)
     if if_match is not None:
         parameters["versions"] = versions_parameter(if_match, db.dialect)
     statement = _update(db.dialect, guarded=if_match is not None)

@@ -21,6 +21,7 @@ from todo_api.platform.database.database import Database
 from todo_api.platform.database.executors import Session
 from todo_api.platform.database.ordering import Ordering, last_key, place
 from todo_api.platform.database.types import utcnow
+from todo_api.platform.database.updates import flag_parameters, flagged_values, versioned
 from todo_api.platform.database.versions import versions_match, versions_parameter
 from todo_api.platform.http.conditional import StaleVersion
 from todo_api.platform.http.problems import QuotaExceeded
@@ -62,7 +63,7 @@ _NEW = {
 }
 _INSERT = sa.insert(lists).values(_NEW)
 _ORDER = Ordering(lists, (lists.c.user_id,)).statements()
-_EDITABLE = ("name", "color")
+_FIELDS = {"name": ("name",), "color": ("color",)}
 
 
 def _read(row: Sequence[Any]) -> ListRead:
@@ -148,20 +149,7 @@ async def create_list(
 
 @functools.cache
 def _update(dialect: str, *, guarded: bool) -> sa.Update:
-    values: dict[str, Any] = {
-        name: sa.case(
-            (
-                sa.bindparam(f"set_{name}", type_=sa.Boolean),
-                sa.bindparam(f"value_{name}", type_=lists.c[name].type),
-            ),
-            else_=lists.c[name],
-        )
-        for name in _EDITABLE
-    }
-    values |= {
-        "updated_at": sa.bindparam("now", type_=lists.c.updated_at.type),
-        "version": lists.c.version + 1,
-    }
+    values = flagged_values(lists, _FIELDS) | versioned(lists)
     statement = sa.update(lists).values(values).where(_OWNER, _THIS)
     if guarded:
         statement = statement.where(versions_match(lists.c.version, dialect))
@@ -192,9 +180,7 @@ async def update_list(
             raise StaleVersion(current, "list")
         return current
     parameters: dict[str, Any] = {"owner_id": user_id, "list_id": list_id, "now": utcnow()}
-    for name in _EDITABLE:
-        parameters[f"set_{name}"] = name in changes
-        parameters[f"value_{name}"] = changes.get(name)
+    parameters |= flag_parameters(_FIELDS, changes, changes)
     if if_match is not None:
         parameters["versions"] = versions_parameter(if_match, db.dialect)
     statement = _update(db.dialect, guarded=if_match is not None)

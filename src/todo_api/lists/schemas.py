@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Strict, StringConstraints
 from pydantic import Field as PydanticField
@@ -72,6 +72,20 @@ class Move(InputModel):
     )
 
 
+LIST_EXAMPLE: dict[str, Any] = {
+    "id": "5f0c3a52-95c4-4a55-8a8e-1d8c1b0f7a10",
+    "name": "Groceries",
+    "color": "#22c55e",
+    "position": "b8E2bAFCMVzJt",
+    "is_inbox": False,
+    "task_count": 4,
+    "open_task_count": 3,
+    "created_at": "2026-11-26T08:00:00.000000Z",
+    "updated_at": "2026-11-26T09:30:00.000000Z",
+    "version": 2,
+}
+
+
 @dataclass(slots=True)
 class ListRead:
     id: uuid.UUID
@@ -89,22 +103,7 @@ class ListRead:
 
     __pydantic_config__ = ConfigDict(
         title="ListRead",
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "5f0c3a52-95c4-4a55-8a8e-1d8c1b0f7a10",
-                    "name": "Groceries",
-                    "color": "#22c55e",
-                    "position": "b8E2bAFCMVzJt",
-                    "is_inbox": False,
-                    "task_count": 4,
-                    "open_task_count": 3,
-                    "created_at": "2026-11-26T08:00:00.000000Z",
-                    "updated_at": "2026-11-26T09:30:00.000000Z",
-                    "version": 2,
-                }
-            ]
-        },
+        json_schema_extra={"examples": [LIST_EXAMPLE]},
     )
 
 
@@ -127,8 +126,4 @@ class ListPage(BaseModel):
 
     items: list[ListRead]
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"items": ListRead.__pydantic_config__["json_schema_extra"]["examples"]}]
-        }  # type: ignore[index]
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [LIST_EXAMPLE]}]})

@@ -36,8 +36,12 @@ def checked_zone(name: str) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def zone(name: str) -> zoneinfo.ZoneInfo:
-    """The zone of a name already checked (stored values, validated input)."""
-    return zoneinfo.ZoneInfo(checked_zone(name))
+    """The zone of a name already checked (stored values, validated input), read from the
+    shipped tzdata: `ZoneInfo(name)` would prefer the host's /usr/share/zoneinfo, whose
+    version (and so a zone's rules) differs from host to host."""
+    data = resources.files("tzdata.zoneinfo").joinpath(*checked_zone(name).split("/"))
+    with data.open("rb") as file:
+        return zoneinfo.ZoneInfo.from_file(file, key=name)
 
 
 ZoneName = Annotated[

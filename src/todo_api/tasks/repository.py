@@ -36,6 +36,7 @@ from todo_api.platform.database.errors import DatabaseError, Failure
 from todo_api.platform.database.executors import Session
 from todo_api.platform.database.ordering import place
 from todo_api.platform.database.types import utcnow
+from todo_api.platform.database.updates import flag_parameters, flagged_values, versioned
 from todo_api.platform.database.versions import versions_match, versions_parameter
 from todo_api.platform.http.cursor import Cursor
 from todo_api.platform.http.problems import QuotaExceeded
@@ -289,6 +290,25 @@ def _insert_task(dialect: str) -> sa.Insert:
     return statement
 
 
+def _with_completion(values: dict[str, Any]) -> dict[str, Any]:
+    """`completed_at` follows `completed` (set when it becomes true, cleared when false), and
+    every change moves `updated_at` and the version. On the right of SET, columns are the
+    row's values before this UPDATE."""
+    completed = values["completed"]
+    now = sa.bindparam("now", type_=tasks.c.updated_at.type)
+    return (
+        values
+        | versioned(tasks)
+        | {
+            "completed_at": sa.case(
+                (sa.and_(completed, sa.not_(tasks.c.completed)), now),
+                (completed, tasks.c.completed_at),
+                else_=sa.null(),
+            ),
+        }
+    )
+
+
 # Writable API fields and the columns each one sets (see schemas.TaskInput).
 _FIELD_COLUMNS: dict[str, tuple[str, ...]] = {
     "title": ("title",),
@@ -305,12 +325,7 @@ def _update(dialect: str, *, toggle: bool, guarded: bool) -> sa.Update:
     """UPDATE of one owned task, RETURNING it. Each field is set only when its `set_<field>`
     flag is true, so one statement serves every PATCH and PUT (instead of one per subset of
     fields: 2^n shapes); updated_at and version always change."""
-    values: dict[str, Any] = {}
-    for field, columns in _FIELD_COLUMNS.items():
-        flag = sa.bindparam(f"set_{field}", type_=sa.Boolean)
-        for name in columns:
-            value = sa.bindparam(f"value_{name}", type_=tasks.c[name].type)
-            values[name] = sa.case((flag, value), else_=tasks.c[name])
+    values = flagged_values(tasks, _FIELD_COLUMNS)
     # A task "moved" to its own list stays where it is.
     same_list = tasks.c.list_id == sa.bindparam("value_list_id", type_=tasks.c.list_id.type)
     values["position"] = sa.case(
@@ -322,18 +337,7 @@ def _update(dialect: str, *, toggle: bool, guarded: bool) -> sa.Update:
         # In the UPDATE itself, so fifty concurrent toggles flip fifty times instead of racing
         # on a value read earlier.
         values["completed"] = sa.not_(tasks.c.completed)
-    now = sa.bindparam("now", type_=tasks.c.updated_at.type)
-    # On the right of SET, columns are the row's values before this UPDATE.
-    completed = values["completed"]
-    values |= {
-        "completed_at": sa.case(
-            (sa.and_(completed, sa.not_(tasks.c.completed)), now),
-            (completed, tasks.c.completed_at),
-            else_=sa.null(),
-        ),
-        "updated_at": now,
-        "version": tasks.c.version + 1,
-    }
+    values = _with_completion(values)
     statement = sa.update(tasks).values(values).where(*_OWNED)
     if guarded:
         statement = statement.where(_versions_match(dialect))
@@ -852,11 +856,7 @@ def _update_parameters(
     if "list_id" in values:
         columns["list_id"] = resolve_list(values["list_id"], user_id)
         columns["position"] = tail(now)  # the end of the destination list
-    for field, names in _FIELD_COLUMNS.items():
-        parameters[f"set_{field}"] = field in values
-        for name in names:
-            parameters[f"value_{name}"] = columns.get(name)
-    return parameters
+    return parameters | flag_parameters(_FIELD_COLUMNS, values, columns)
 
 
 async def _update_one(
@@ -1040,24 +1040,8 @@ _EXISTING = sa.select(tasks.c.id).where(
 @functools.cache
 def _bulk_update() -> sa.Update:
     """Set the chosen fields of the named tasks (one statement for all of them)."""
-    now = sa.bindparam("now", type_=tasks.c.updated_at.type)
-    values: dict[str, Any] = {}
-    for field in ("completed", "priority", "due"):
-        flag = sa.bindparam(f"set_{field}", type_=sa.Boolean)
-        for name in _FIELD_COLUMNS[field]:
-            values[name] = sa.case(
-                (flag, sa.bindparam(f"value_{name}", type_=tasks.c[name].type)), else_=tasks.c[name]
-            )
-    completed = values["completed"]
-    values |= {
-        "completed_at": sa.case(
-            (sa.and_(completed, sa.not_(tasks.c.completed)), now),
-            (completed, tasks.c.completed_at),
-            else_=sa.null(),
-        ),
-        "updated_at": now,
-        "version": tasks.c.version + 1,
-    }
+    bulk = {field: _FIELD_COLUMNS[field] for field in ("completed", "priority", "due")}
+    values = _with_completion(flagged_values(tasks, bulk))
     return (
         sa.update(tasks)
         .values(values)

@@ -277,6 +277,36 @@ class LabelRef:
     color: str | None
 
 
+TASK_EXAMPLE: dict[str, Any] = {
+    "id": "0b6a1f8e-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+    "user_id": "user_2f9a",
+    "list_id": "5f0c3a52-95c4-4a55-8a8e-1d8c1b0f7a10",
+    "title": "Buy milk",
+    "description": "2 litres",
+    "completed": True,
+    "completed_at": "2026-11-26T09:30:00.000000Z",
+    "priority": "high",
+    "due": {
+        "date": "2026-11-26",
+        "time": "18:30:00",
+        "timezone": "Europe/Berlin",
+        "at": "2026-11-26T17:30:00Z",
+    },
+    "label_ids": ["9c1d2e3f-4a5b-4e5f-8a9b-0b6a1f8e3c4d"],
+    "labels": [
+        {
+            "id": "9c1d2e3f-4a5b-4e5f-8a9b-0b6a1f8e3c4d",
+            "name": "errands",
+            "color": "#22c55e",
+        }
+    ],
+    "position": "b8E2bAFCMVzJt",
+    "created_at": "2026-11-26T08:00:00.000000Z",
+    "updated_at": "2026-11-26T09:30:00.000000Z",
+    "version": 2,
+}
+
+
 @dataclass(slots=True)
 class TaskRead:
     id: uuid.UUID
@@ -304,38 +334,7 @@ class TaskRead:
 
     __pydantic_config__ = ConfigDict(
         title="TaskRead",
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "0b6a1f8e-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
-                    "user_id": "user_2f9a",
-                    "list_id": "5f0c3a52-95c4-4a55-8a8e-1d8c1b0f7a10",
-                    "title": "Buy milk",
-                    "description": "2 litres",
-                    "completed": True,
-                    "completed_at": "2026-11-26T09:30:00.000000Z",
-                    "priority": "high",
-                    "due": {
-                        "date": "2026-11-26",
-                        "time": "18:30:00",
-                        "timezone": "Europe/Berlin",
-                        "at": "2026-11-26T17:30:00Z",
-                    },
-                    "label_ids": ["9c1d2e3f-4a5b-4e5f-8a9b-0b6a1f8e3c4d"],
-                    "labels": [
-                        {
-                            "id": "9c1d2e3f-4a5b-4e5f-8a9b-0b6a1f8e3c4d",
-                            "name": "errands",
-                            "color": "#22c55e",
-                        }
-                    ],
-                    "position": "b8E2bAFCMVzJt",
-                    "created_at": "2026-11-26T08:00:00.000000Z",
-                    "updated_at": "2026-11-26T09:30:00.000000Z",
-                    "version": 2,
-                }
-            ]
-        },
+        json_schema_extra={"examples": [TASK_EXAMPLE]},
     )
 
 
@@ -387,11 +386,7 @@ class Deleted(BaseModel):
 class BulkResult(BaseModel):
     items: list[TaskRead] = PydanticField(description="The changed tasks, in the order of `ids`")
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"items": TaskRead.__pydantic_config__["json_schema_extra"]["examples"]}]
-        }  # type: ignore[index]
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [TASK_EXAMPLE]}]})
 
 
 # --- due: from input to columns, and back --------------------------------------------------------
