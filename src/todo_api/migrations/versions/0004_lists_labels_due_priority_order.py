@@ -38,6 +38,7 @@ depends_on: str | Sequence[str] | None = None
 log = logging.getLogger("todo_api.migrate")
 
 USERS_PER_BATCH = 500
+TASKS_PER_BATCH = 20_000
 INBOX_POSITION = "a000000001V"  # todo_api.platform.positions.ranked(1)
 OLD_TRIGRAM_INDEXES = ("ix_tasks_title_trgm", "ix_tasks_description_trgm")
 # The owner leads (btree_gin): a search reads only that user's trigram entries, whatever plan
@@ -250,17 +251,26 @@ def _fill_in(user_ids: list[str], dialect: str) -> None:
 
 
 def _fill_in_all(dialect: str) -> None:
+    """Batches of whole users holding at most TASKS_PER_BATCH tasks together (a bigger user
+    alone), so each UPDATE stays well inside the statement timeout."""
     bind = op.get_bind()
     started, after, moved = time.monotonic(), "", 0
     while True:
-        batch = list(
-            bind.execute(
-                sa.text("SELECT id FROM users WHERE id > :after ORDER BY id LIMIT :n"),
-                {"after": after, "n": USERS_PER_BATCH},
-            ).scalars()
-        )
-        if not batch:
+        users = bind.execute(
+            sa.text(
+                "SELECT users.id, (SELECT count(*) FROM tasks WHERE tasks.user_id = users.id) "
+                "FROM users WHERE users.id > :after ORDER BY users.id LIMIT :n"
+            ),
+            {"after": after, "n": USERS_PER_BATCH},
+        ).all()
+        if not users:
             break
+        batch, tasks_in_batch = [], 0
+        for user_id, count in users:
+            if batch and tasks_in_batch + count > TASKS_PER_BATCH:
+                break
+            batch.append(user_id)
+            tasks_in_batch += count
         _fill_in(batch, dialect)
         after, moved = batch[-1], moved + len(batch)
     log.info(
@@ -328,23 +338,48 @@ def _upgrade_postgresql() -> None:
         _fill_in_all("postgresql")
         _create_indexes(concurrently)
     # 3. Constraints: attached to the built indexes, or added NOT VALID and validated (a scan
-    # that blocks neither reads nor writes); NOT NULL then trusts the validated CHECK.
+    # that blocks neither reads nor writes); NOT NULL then trusts the validated CHECK. Batched,
+    # each statement commits on its own, so the brief ACCESS EXCLUSIVE of an ADD CONSTRAINT is
+    # never held through a validation scan; each is skipped when a cut-short run did it.
+    if batched:
+        with context.autocommit_block():
+            _add_constraints()
+    else:
+        _add_constraints()
+    if not _exists("SELECT 1 FROM pg_tables WHERE tablename = 'task_labels'"):
+        _create_task_labels()
+
+
+FILLED = "ck_tasks_filled_in"
+
+
+def _constraint_missing(name: str) -> bool:
+    return not _exists(f"SELECT 1 FROM pg_constraint WHERE conname = '{name}'")
+
+
+def _add_constraints() -> None:
     for name in UNIQUE_INDEXES:
-        op.execute(f"ALTER TABLE tasks ADD CONSTRAINT {name} UNIQUE USING INDEX {name}")
-    op.execute(
-        "ALTER TABLE tasks ADD CONSTRAINT fk_tasks_list FOREIGN KEY (user_id, list_id) "
-        "REFERENCES lists (user_id, id) ON DELETE CASCADE NOT VALID"
+        if _constraint_missing(name):
+            op.execute(f"ALTER TABLE tasks ADD CONSTRAINT {name} UNIQUE USING INDEX {name}")
+    if _constraint_missing("fk_tasks_list"):
+        op.execute(
+            "ALTER TABLE tasks ADD CONSTRAINT fk_tasks_list FOREIGN KEY (user_id, list_id) "
+            "REFERENCES lists (user_id, id) ON DELETE CASCADE NOT VALID"
+        )
+    checks = CHECKS | {FILLED: "list_id IS NOT NULL AND position IS NOT NULL"}
+    not_null_done = not _exists(
+        "SELECT 1 FROM information_schema.columns WHERE table_name = 'tasks' "
+        "AND column_name = 'position' AND is_nullable = 'YES'"
     )
-    filled = "ck_tasks_filled_in"
-    checks = CHECKS | {filled: "list_id IS NOT NULL AND position IS NOT NULL"}
     for name, condition in checks.items():
-        op.execute(f"ALTER TABLE tasks ADD CONSTRAINT {name} CHECK ({condition}) NOT VALID")
+        if _constraint_missing(name) and not (name == FILLED and not_null_done):
+            op.execute(f"ALTER TABLE tasks ADD CONSTRAINT {name} CHECK ({condition}) NOT VALID")
     for name in (*checks, "fk_tasks_list"):
-        op.execute(f"ALTER TABLE tasks VALIDATE CONSTRAINT {name}")
+        if not _constraint_missing(name):
+            op.execute(f"ALTER TABLE tasks VALIDATE CONSTRAINT {name}")
     op.execute("ALTER TABLE tasks ALTER COLUMN list_id SET NOT NULL")
     op.execute("ALTER TABLE tasks ALTER COLUMN position SET NOT NULL")
-    op.execute(f"ALTER TABLE tasks DROP CONSTRAINT {filled}")
-    _create_task_labels()
+    op.execute(f"ALTER TABLE tasks DROP CONSTRAINT IF EXISTS {FILLED}")
 
 
 def _exists(query: str) -> bool:
