@@ -80,8 +80,8 @@ class Plan:
     metrics_compare: bool
     profile: tuple[str, ...]
     keep_database: bool
-    delay_ms: float
-    stamped_only: bool = False  # latency mode: one way, each direction (a round trip costs twice this)
+    delay_ms: float  # latency mode: one way, each direction (a round trip costs twice this)
+    stamped_only: bool = False  # no latest*.md/.json; profiles under the run's stamp
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
@@ -509,11 +509,14 @@ class Bench:
         say(f"task model data: {decorated}")
         db.analyze()
         db.write_samples(self.data_dir)
-        self.report.meta["data"] = f"{plan.users:,} users x {plan.tasks_per_user} tasks" + (
-            f" + {BIG_USER} with {plan.big_user_tasks}" if plan.big_user_tasks else ""
-        ) + (
-            f" (seeded at {SEED_REVISION}, then migrated); {decorated['with_due']:,} with a due "
-            f"date, {decorated['labels']:,} labels, {decorated['task_labels']:,} task labels"
+        self.report.meta["data"] = (
+            f"{plan.users:,} users x {plan.tasks_per_user} tasks"
+            + (f" + {BIG_USER} with {plan.big_user_tasks}" if plan.big_user_tasks else "")
+            + (
+                f" (seeded at {SEED_REVISION}, then migrated); {decorated['with_due']:,} with a "
+                f"due date, {decorated['labels']:,} labels, {decorated['task_labels']:,} task "
+                "labels"
+            )
         )
         return db.count_tasks()
 

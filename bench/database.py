@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import secrets
 import subprocess
@@ -108,8 +109,8 @@ CROSS JOIN LATERAL (SELECT {_DUE_DAY}) AS due(day)
 # all-day, from 14 days ago to 6 days ahead (so ~2/3 of those are past: overdue when open).
 # Only tasks not decorated yet (version 1, priority 0, no due): the migrated rows (rows
 # seeded in head's shape get the same distribution inline, from a hash of their number; the
-# ~30% of them with neither may be decorated here too, which keeps the distribution). `due_sort` is the end of the due day "as if UTC"
-# (todo_api.tasks.schemas.due_columns).
+# ~30% of them with neither may be decorated here too, which keeps the distribution).
+# `due_sort` is the end of the due day "as if UTC" (todo_api.tasks.schemas.due_columns).
 DECORATE_TASKS = """
 UPDATE tasks SET priority = d.p, due_date = d.day,
        due_sort = CASE WHEN d.day IS NOT NULL THEN
@@ -241,9 +242,7 @@ class BenchDatabase:
     ) -> dict[str, Any]:
         reader = await asyncpg.connect(self.url)
         watcher = await asyncpg.connect(self.url)
-        users = [
-            r["id"] for r in await reader.fetch("SELECT id FROM users ORDER BY id")
-        ]
+        users = [r["id"] for r in await reader.fetch("SELECT id FROM users ORDER BY id")]
         probes = [users[i * len(users) // 4] for i in range(4)] if users else [BIG_USER]
         await reader.fetch(STALL_PROBE, probes[0])  # prepared before the clock starts
         started = time.perf_counter()
@@ -264,9 +263,7 @@ class BenchDatabase:
                 "FROM pg_stat_activity WHERE pid = ANY(pg_blocking_pids($1))",
                 reader_pid,
             )
-            blocked.append(
-                {"at_s": round(since, 2), "blockers": [dict(r) for r in rows]}
-            )
+            blocked.append({"at_s": round(since, 2), "blockers": [dict(r) for r in rows]})
 
         n = 0
         while not waiting.done():
@@ -286,7 +283,7 @@ class BenchDatabase:
         if process.returncode != 0:
             raise RuntimeError(f"migration failed ({process.returncode}):\n{output}")
         worst = max(reads, key=lambda r: r[1]) if reads else (0.0, 0.0)
-        gaps = [b[0] - a[0] for a, b in zip(reads, reads[1:], strict=False)]
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(reads)]
         durations = sorted(r[1] for r in reads)
         return {
             "seconds": round(elapsed, 2),
@@ -365,6 +362,7 @@ class BenchDatabase:
                     " (SELECT count(*) FROM task_labels) AS task_labels,"
                     " (SELECT count(*) FROM lists) AS lists"
                 )
+                assert row is not None
                 return dict(row)
             finally:
                 await connection.close()
@@ -372,11 +370,7 @@ class BenchDatabase:
         return asyncio.run(go())
 
     def analyze(self) -> None:
-        asyncio.run(
-            self._execute(
-                *((f"VACUUM ANALYZE {table}", ()) for table in self.tables())
-            )
-        )
+        asyncio.run(self._execute(*((f"VACUUM ANALYZE {table}", ()) for table in self.tables())))
 
     def tables(self) -> list[str]:
         async def go() -> list[str]:

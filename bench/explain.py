@@ -24,11 +24,12 @@ from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
 from bench.database import SEARCH_WORDS
 from bench.report import RESULTS
+from todo_api.platform.http.sorting import Sort
 from todo_api.tasks.filters import DueFilter, TaskFilter
 from todo_api.tasks.repository import ListingShape, _page
-from todo_api.tasks.sorting import DEFAULT_SORT, Sort, TaskSortField
+from todo_api.tasks.sorting import DEFAULT_SORT, TaskSortField
 
-DIALECT = asyncpg_dialect.dialect()
+DIALECT = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
 
 
 def literal(value: Any) -> str:
@@ -53,9 +54,11 @@ def statement(sort: Any, filters: TaskFilter, user_id: str) -> tuple[str, list[A
     return " ".join(str(compiled).split()), [parameters[name] for name in names]
 
 
-SUMMARY = re.compile(r"^\s*(->\s*)?([A-Z][A-Za-z ]+?(Scan|Join|Loop|Sort|Limit|Aggregate|"
-                     r"BitmapAnd|BitmapOr|Append|Materialize|Result|Heap Scan|Index Scan)"
-                     r"[^(]*)")
+SUMMARY = re.compile(
+    r"^\s*(->\s*)?([A-Z][A-Za-z ]+?(Scan|Join|Loop|Sort|Limit|Aggregate|"
+    r"BitmapAnd|BitmapOr|Append|Materialize|Result|Heap Scan|Index Scan)"
+    r"[^(]*)"
+)
 
 
 def shape_of(plan: list[str]) -> str:
@@ -104,7 +107,8 @@ async def main(url: str, users: list[str]) -> None:
             )
             label = await connection.fetchval(
                 "SELECT label_id FROM task_labels WHERE user_id = $1 GROUP BY label_id "
-                "ORDER BY count(*) DESC LIMIT 1", user
+                "ORDER BY count(*) DESC LIMIT 1",
+                user,
             )
             count = await connection.fetchval("SELECT count(*) FROM tasks WHERE user_id = $1", user)
             cases = [
@@ -136,8 +140,10 @@ async def main(url: str, users: list[str]) -> None:
         await connection.close()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     lines = [f"# EXPLAIN (ANALYZE, BUFFERS) of the API's listing statements ({stamp})", ""]
-    lines += ["| user | case | auto (7th run) ms | generic ms | custom ms | auto plan |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "| user | case | auto (7th run) ms | generic ms | custom ms | auto plan |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         lines.append(
             f"| {r['user']} | `{r['name']}` | {r['auto']['execution_ms']} | "
@@ -147,8 +153,14 @@ async def main(url: str, users: list[str]) -> None:
     lines.append("")
     for r in results:
         for mode in ("auto", "force_generic_plan", "force_custom_plan"):
-            lines += [f"## {r['user']} `{r['name']}` — {mode}", "", "```",
-                      *r[mode]["plan"], "```", ""]
+            lines += [
+                f"## {r['user']} `{r['name']}` — {mode}",
+                "",
+                "```",
+                *r[mode]["plan"],
+                "```",
+                "",
+            ]
     path = RESULTS / f"{stamp}-explain.md"
     path.write_text("\n".join(lines))
     print(f"report: {path}")

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.database import BIG_USER, SEED_REVISION, BenchDatabase, admin_url_from_env
+from bench.database import SEED_REVISION, BenchDatabase, admin_url_from_env
 from bench.report import RESULTS, git_state
 from bench.servers import REPO, api_env
 
@@ -71,7 +71,7 @@ def main() -> int:
             f"{watched['max_read_ms']} ms at {watched['max_read_at_s']} s "
             f"({watched['reads']} reads, p99 {watched['p99_read_ms']} ms)"
         )
-        for line in watched["log"]:  # type: ignore[union-attr]
+        for line in watched["log"]:
             say(f"  | {line}")
         started = time.perf_counter()
         result["decorated"] = db.decorate()

@@ -66,7 +66,8 @@ FILTERS = (
     "tasks.user_id = $1::VARCHAR AND ($2::BOOLEAN IS NULL OR tasks.completed = $2::BOOLEAN) "
     "AND ($3::VARCHAR IS NULL OR tasks.title ILIKE $3::VARCHAR ESCAPE '\\' "
     "OR tasks.description ILIKE $3::VARCHAR ESCAPE '\\') "
-    "AND ($4::TIMESTAMP WITH TIME ZONE IS NULL OR tasks.updated_at >= $4::TIMESTAMP WITH TIME ZONE) "
+    "AND ($4::TIMESTAMP WITH TIME ZONE IS NULL "
+    "OR tasks.updated_at >= $4::TIMESTAMP WITH TIME ZONE) "
     "AND ($5::UUID IS NULL OR tasks.list_id = $5::UUID) "
     "AND ($6::SMALLINT IS NULL OR tasks.priority IN ($6::SMALLINT, $7::SMALLINT, $8::SMALLINT, "
     "$9::SMALLINT)) "
@@ -375,7 +376,7 @@ async def create_task(request: Request) -> Response:
         title, description, completed, task_id, user_id, inbox, position, 0,
         None, None, None, None, None, completed_at, now, now, 1,
     )  # fmt: skip
-    if not row["allowed"]:
+    if row is None or not row["allowed"]:
         return _problem(403, "quota exceeded")
     if not row["inserted"]:  # ON CONFLICT (id) DO NOTHING: only a repeated uuid4
         return _problem(409, "task id already taken")

@@ -85,7 +85,14 @@ def ensure_inbox(dialect: str) -> sa.Insert:
     """Insert the user's inbox if absent. Whether or not the user was created just now: a user
     row may predate its inbox (written by an older version, or by a concurrent request that
     provisioned the user only), and a task's foreign key needs the inbox."""
-    select = sa.select(*(value.label(name) for name, value in _INBOX.items()))
+    # NOT EXISTS first: the inbox is nearly always there, and an index probe is cheaper than
+    # the speculative insertion ON CONFLICT would start.
+    inbox = sa.select(lists.c.id).where(
+        lists.c.user_id == _INBOX["user_id"], lists.c.id == _INBOX["id"]
+    )
+    select = sa.select(*(value.label(name) for name, value in _INBOX.items())).where(
+        ~sa.exists(inbox)
+    )
     statement: sa.Insert = (
         insert(dialect, lists).from_select(list(_INBOX), select).on_conflict_do_nothing()
     )

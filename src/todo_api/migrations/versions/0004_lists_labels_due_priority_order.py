@@ -66,27 +66,28 @@ CHECKS = {
 }
 
 # Task quota counts, kept by the database itself so that no delete path (a cascade from a
-# list or a user included) can forget them. PostgreSQL: once per statement, from the
-# transition tables; SQLite: per row.
+# list or a user included) can forget them. SQLite: per row.
 PG_TRIGGERS = (
+    # A create inserts one row: a row trigger (no transition table to build) is cheapest.
     """
-CREATE FUNCTION tasks_count_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION task_counted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        UPDATE users SET task_count = users.task_count + added.n
-        FROM (SELECT user_id, count(*) AS n FROM new_rows GROUP BY user_id) AS added
-        WHERE users.id = added.user_id;
-    ELSE
-        UPDATE users SET task_count = users.task_count - removed.n
-        FROM (SELECT user_id, count(*) AS n FROM old_rows GROUP BY user_id) AS removed
-        WHERE users.id = removed.user_id;
-    END IF;
+    UPDATE users SET task_count = task_count + 1 WHERE id = NEW.user_id;
     RETURN NULL;
 END $$""",
-    "CREATE TRIGGER tasks_counted_on_insert AFTER INSERT ON tasks REFERENCING NEW TABLE AS "
-    "new_rows FOR EACH STATEMENT EXECUTE FUNCTION tasks_count_changed()",
+    # A delete may remove thousands (a list, the completed ones): once per statement.
+    """
+CREATE FUNCTION tasks_uncounted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE users SET task_count = users.task_count - removed.n
+    FROM (SELECT user_id, count(*) AS n FROM old_rows GROUP BY user_id) AS removed
+    WHERE users.id = removed.user_id;
+    RETURN NULL;
+END $$""",
+    "CREATE TRIGGER tasks_counted_on_insert AFTER INSERT ON tasks "
+    "FOR EACH ROW EXECUTE FUNCTION task_counted()",
     "CREATE TRIGGER tasks_counted_on_delete AFTER DELETE ON tasks REFERENCING OLD TABLE AS "
-    "old_rows FOR EACH STATEMENT EXECUTE FUNCTION tasks_count_changed()",
+    "old_rows FOR EACH STATEMENT EXECUTE FUNCTION tasks_uncounted()",
 )
 SQLITE_TRIGGERS = (
     "CREATE TRIGGER tasks_counted_on_insert AFTER INSERT ON tasks BEGIN "
@@ -423,7 +424,8 @@ def downgrade() -> None:
     if dialect == "postgresql":
         op.execute("DROP TRIGGER tasks_counted_on_insert ON tasks")
         op.execute("DROP TRIGGER tasks_counted_on_delete ON tasks")
-        op.execute("DROP FUNCTION tasks_count_changed()")
+        op.execute("DROP FUNCTION task_counted()")
+        op.execute("DROP FUNCTION tasks_uncounted()")
         for name in TRIGRAM_INDEXES:
             op.execute(f"DROP INDEX {name}")
         for name, column in zip(OLD_TRIGRAM_INDEXES, ("title", "description"), strict=True):
