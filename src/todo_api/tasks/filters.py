@@ -151,7 +151,8 @@ CONDITIONS: tuple[sa.ColumnElement[bool], ...] = (
     sa.or_(_list.is_(None), _tasks.c.list_id == _list),
     # Up to four priorities: unused slots repeat a used one (one statement text).
     sa.or_(_priorities[0].is_(None), _tasks.c.priority.in_(_priorities)),
-    sa.or_(_labels_any.is_(None), _labelled(_labels_any).scalar_subquery() > 0),
+    # EXISTS stops at the first label found; ALL has to count them.
+    sa.or_(_labels_any.is_(None), sa.exists(_labelled(_labels_any))),
     sa.or_(_labels_all.is_(None), _labelled(_labels_all).scalar_subquery() == _labels_all_count),
     sa.or_(_has_due.is_(None), _tasks.c.due_date.is_not(None) == _has_due),
     overdue(),
