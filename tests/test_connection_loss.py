@@ -391,7 +391,7 @@ OPERATIONS = [
         "stats_count_every_task",
         send_stats,
         200,
-        equals({"total": 3, "completed": 1, "pending": 2}),
+        equals({"total": 3, "completed": 1, "pending": 2, "overdue": 0, "due_today": 0}),
         unchanged,
     ),
     Operation(

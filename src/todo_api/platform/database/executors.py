@@ -138,12 +138,25 @@ class PostgresExecutor:
             driver = await _driver(connection)
             session = _PostgresSession(self, driver)
             transaction = driver.transaction()
-            await self._call(driver, "BEGIN", transaction.start())
             try:
-                result = await work(session)
-            except BaseException:
-                if not driver.is_closed():
-                    await self._roll_back(driver, transaction)
+                await self._call(driver, "BEGIN", transaction.start())
+                try:
+                    result = await work(session)
+                except BaseException:
+                    if not driver.is_closed():
+                        await self._roll_back(driver, transaction)
+                    raise
+            except DatabaseError as error:
+                if error.connection_lost and not error.not_executed:
+                    # Lost before COMMIT was sent: the server rolled the transaction back, so
+                    # nothing of it took effect and it may run again, writes included.
+                    raise DatabaseError(
+                        f"{error.reason} (before COMMIT: nothing was kept)",
+                        failure=error.failure,
+                        sqlstate=error.sqlstate,
+                        connection_lost=True,
+                        not_executed=True,
+                    ) from error
                 raise
             await self._call(driver, "COMMIT", transaction.commit())
             return result
