@@ -701,7 +701,8 @@ async def create_task(
     """
     if len(data.label_ids) > quotas.labels_per_task:
         raise QuotaExceeded("labels per task", quotas.labels_per_task)
-    fingerprint = request_fingerprint(data)
+    # The body's hash is what a replay is compared with: only keyed creates need it.
+    fingerprint = request_fingerprint(data) if key is not None else ""
     # Labels are read first only when there are any: their names go into the answer.
     found = await _labels_checked(db, db.dialect, user_id, data.label_ids) if data.label_ids else []
     new = _new_task(user_id, data, email, found)
