@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import datetime
 
@@ -22,6 +23,7 @@ COLOR_CHECK = "{column} IS NULL OR (length({column}) = 7 AND substr({column}, 1,
 INBOX_NAMESPACE = uuid.UUID("5f0c3a52-95c4-4a55-8a8e-1d8c1b0f7a10")
 
 
+@functools.lru_cache(maxsize=4096)  # a SHA-1 per call, and a create asks up to three times
 def inbox_id(user_id: str) -> uuid.UUID:
     return uuid.uuid5(INBOX_NAMESPACE, user_id)
 
