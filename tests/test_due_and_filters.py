@@ -640,6 +640,7 @@ async def test_filters_combine_with_and(client: httpx.AsyncClient) -> None:
         title="call the bank",
     )  # fmt: skip
     # Each differs from `match` in exactly one respect.
+    fields: dict[str, Any]
     for fields in (
         {"list_id": "inbox"},
         {"priority": "low"},

@@ -577,7 +577,9 @@ class TaskMachine(RuleBasedStateMachine):
         self.tally.outcomes["stale"] += 1
         return True
 
-    def placed(self, user: str, body: TaskCreate, list_pick: int | None, chosen: list[int]):
+    def placed(
+        self, user: str, body: TaskCreate, list_pick: int | None, chosen: list[int]
+    ) -> TaskCreate:
         """The body in one of the user's lists (None: the inbox) with some of their labels."""
         update: dict[str, Any] = {"label_ids": self.own_labels(user, chosen)}
         if list_pick is not None:
@@ -1237,6 +1239,8 @@ class TaskMachine(RuleBasedStateMachine):
         own = {"user_id": user}
         body = TaskCreate(title="intruder")
         expected: type[Exception] | None
+        function: Callable[..., Awaitable[Any]]
+        arguments: dict[str, Any]
         if operation == "create in list":
             function, arguments = repository.create_task, {
                 "data": body.model_copy(update={"list_id": foreign_list}), "quotas": QUOTAS
@@ -1307,7 +1311,7 @@ class TaskMachine(RuleBasedStateMachine):
             expected = None
         if expected is None:
             try:
-                result = self.call(function, **own, **arguments)
+                result: Any = self.call(function, **own, **arguments)
             except (LabelsNotFound, ListNotFound):
                 assert not mine and operation in ("set label", "patch list")
             else:
@@ -1511,8 +1515,8 @@ class TaskMachine(RuleBasedStateMachine):
                 assert len(set(keys)) == len(keys), f"two tasks share a position in {list_id}"
                 assert all(len(key) <= MAX_LENGTH for key in keys), keys
                 assert keys == sorted(keys, key=lambda key: key.encode())  # byte-wise
-            keys = Counter((item.list_id, item.position) for item in listed)
-            assert max(keys.values(), default=1) == 1, "two tasks share a position"
+            placed = Counter((item.list_id, item.position) for item in listed)
+            assert max(placed.values(), default=1) == 1, "two tasks share a position"
             assert all(len(item.position) <= MAX_LENGTH for item in listed)
             if user in observed.use:
                 use = observed.use[user]

@@ -266,7 +266,8 @@ def _fill_in_all(dialect: str) -> None:
         ).all()
         if not users:
             break
-        batch, tasks_in_batch = [], 0
+        batch: list[str] = []
+        tasks_in_batch = 0
         for user_id, count in users:
             if batch and tasks_in_batch + count > TASKS_PER_BATCH:
                 break
