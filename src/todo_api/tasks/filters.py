@@ -81,7 +81,8 @@ _DUE = _tasks.c.due_sort.type
 
 
 def _labelled(ids: sa.BindParameter[Any]) -> sa.Select[Any]:
-    return sa.select(sa.func.count()).where(
+    """The task's rows in task_labels for these label ids."""
+    return sa.select(task_labels.c.label_id).where(
         task_labels.c.user_id == _tasks.c.user_id,
         task_labels.c.task_id == _tasks.c.id,
         in_id_list(task_labels.c.label_id, ids),
@@ -152,8 +153,12 @@ CONDITIONS: tuple[sa.ColumnElement[bool], ...] = (
     # Up to four priorities: unused slots repeat a used one (one statement text).
     sa.or_(_priorities[0].is_(None), _tasks.c.priority.in_(_priorities)),
     # EXISTS stops at the first label found; ALL has to count them.
-    sa.or_(_labels_any.is_(None), sa.exists(_labelled(_labels_any))),
-    sa.or_(_labels_all.is_(None), _labelled(_labels_all).scalar_subquery() == _labels_all_count),
+    sa.or_(_labels_any.is_(None), _labelled(_labels_any).exists()),
+    sa.or_(
+        _labels_all.is_(None),
+        _labelled(_labels_all).with_only_columns(sa.func.count()).scalar_subquery()
+        == _labels_all_count,
+    ),
     sa.or_(_has_due.is_(None), _tasks.c.due_date.is_not(None) == _has_due),
     overdue(),
     window("due"),
