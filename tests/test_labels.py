@@ -61,7 +61,15 @@ async def test_create_returns_the_label_with_location_and_etag_and_stores_it(
 
     assert response.status_code == 201, response.text
     label = response.json()
-    assert set(label) == {"id", "name", "color", "created_at", "updated_at", "version"}
+    assert set(label) == {
+        "id",
+        "name",
+        "color",
+        "created_at",
+        "updated_at",
+        "version",
+        "change_seq",
+    }
     assert uuid.UUID(label["id"]).version == 4
     assert (label["name"], label["color"], label["version"]) == ("Work", "#ef4444", 1)
     assert label["created_at"] == label["updated_at"]

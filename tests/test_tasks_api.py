@@ -40,7 +40,7 @@ async def test_create_returns_the_task_with_location_and_stores_it(
     assert set(task) == {
         "id", "user_id", "list_id", "title", "description", "completed", "completed_at",
         "priority", "due", "label_ids", "labels", "position", "created_at", "updated_at",
-        "version",
+        "version", "change_seq",
     }  # fmt: skip
     assert task["completed_at"] is None
     assert task["title"] == "Buy milk"  # surrounding whitespace trimmed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -28,6 +30,8 @@ from todo_api.platform.http.request_guard import RequestGuard
 from todo_api.platform.observability.metrics import Metrics, install_metrics
 from todo_api.platform.observability.middleware import Observability
 from todo_api.settings import Settings, load_settings
+from todo_api.sync import router as sync
+from todo_api.sync.live import close_streams_on_signals, events_hub, purge_periodically
 from todo_api.tasks import router as tasks
 from todo_api.tasks.schemas import READ_ONLY_FIELDS as TASK_READ_ONLY_FIELDS
 from todo_api.users import router as users
@@ -64,6 +68,9 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
             await database.dispose()
             raise
         app.state.database = database
+        app.state.events = events_hub(settings, database)
+        purge = asyncio.create_task(purge_periodically(settings, database), name="sync-purge")
+        undo_signals = close_streams_on_signals(app.state.events) if serving else None
         if verifier is not None:
             await verifier.start()  # warms the JWKS cache; a failure is logged, not fatal
         if metrics is not None:
@@ -85,6 +92,12 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
         try:
             yield
         finally:
+            if undo_signals is not None:
+                undo_signals()
+            await app.state.events.aclose()
+            purge.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purge
             if verifier is not None:
                 await verifier.aclose()
             await database.dispose()
@@ -107,6 +120,7 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
             *lists.router.routes,
             *labels.router.routes,
             *users.router.routes,
+            *sync.router.routes,
         ],
     )
     install_docs(app)

@@ -104,6 +104,18 @@ class Settings(BaseSettings):
     # orchestrator's own grace period (Kubernetes: 30 s) so the pool is closed before SIGKILL.
     shutdown_timeout: int = Field(default=20, ge=1, le=300)
 
+    # --- the change feed (/sync) and its events stream (/events) ---
+    # Deletions are kept this long as tombstones; a sync token older than that answers 410.
+    sync_retention_seconds: int = Field(default=2_592_000, ge=1, le=10 * 365 * 86_400)
+    # How often each API process purges expired tombstones (the first run: soon after start).
+    sync_purge_interval_seconds: float = Field(default=3600, gt=0, le=7 * 86_400)
+    # Open streams per user per process; the next one answers 429.
+    events_max_streams_per_user: int = Field(default=10, ge=1, le=1000)
+    # The LISTEN connection closes this long after the last stream of the process ends.
+    events_listener_idle_seconds: float = Field(default=60, ge=0, le=3600)
+    # How often the LISTEN connection is checked (a dead one goes unnoticed otherwise).
+    events_probe_seconds: float = Field(default=5, gt=0, le=300)
+
     # --- browsers on other origins (CORS) ---
     # Comma-separated exact origins (`https://app.example.com,http://localhost:3000`), or `*`.
     # Unset: the Next.js and Vite dev servers outside production, none in production.

@@ -11,11 +11,12 @@ request, even for a cached result, and each level costs about 8 µs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import StringConstraints, TypeAdapter, ValidationError
@@ -102,12 +103,22 @@ async def authorize(request: Request, user_id: UserIdPath) -> Principal:
 Owner = Annotated[Principal, Depends(authorize)]
 
 
-def require_owner_on_every_route(router: APIRouter) -> None:
-    """Called at import by each domain router: every route declares `Owner`, so authorisation
-    is never left to a route remembering it (and is resolved once per request: a
-    router-level dependency would be solved a second time on every request)."""
+def require_owner_on_every_route(
+    router: APIRouter, *, also: tuple[Callable[..., Awaitable[Principal]], ...] = ()
+) -> None:
+    """Called at import by each domain router: every route declares `Owner` (or one of the
+    authorisers in `also`, which end in `authorize` or check a credential of their own), so
+    authorisation is never left to a route remembering it (and is resolved once per request:
+    a router-level dependency would be solved a second time on every request)."""
+    authorisers = {authorize, *also}
     for route in router.routes:
         assert isinstance(route, APIRoute)
-        calls = {dependency.call for dependency in route.dependant.dependencies}
-        if authorize not in calls:
+        calls = set(_calls(route.dependant))
+        if not calls & authorisers:
             raise RuntimeError(f"route {route} does not declare Owner: it would be open to all")
+
+
+def _calls(dependant: Dependant) -> Iterator[object]:
+    for dependency in dependant.dependencies:
+        yield dependency.call
+        yield from _calls(dependency)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import unicodedata
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,6 +26,7 @@ from todo_api.platform.database.updates import flag_parameters, flagged_values, 
 from todo_api.platform.database.versions import versions_match, versions_parameter
 from todo_api.platform.http.conditional import StaleVersion
 from todo_api.platform.http.problems import QuotaExceeded
+from todo_api.tables.changes import feed_page, next_change_seq, stamped
 from todo_api.tables.labels import labels, task_labels
 from todo_api.tables.tasks import tasks
 from todo_api.users.repository import owner_parameters, provision
@@ -40,14 +41,15 @@ _COLUMNS = (
     labels.c.created_at,
     labels.c.updated_at,
     labels.c.version,
+    labels.c.change_seq,
 )
 _FIELDS = tuple(column.name for column in _COLUMNS)
 _ONE = sa.select(*_COLUMNS).where(_OWNER, _THIS)
 _NAMED = sa.select(*_COLUMNS).where(_OWNER, _KEY)
 _COUNT = sa.select(sa.func.count()).select_from(labels).where(_OWNER)
-_NEW = {
+_NEW: dict[str, sa.ColumnElement[Any]] = {
     column.name: sa.bindparam(f"new_{column.name}", type_=column.type) for column in labels.columns
-}
+} | {"change_seq": next_change_seq(sa.bindparam("new_user_id", type_=labels.c.user_id.type))}
 _INSERT = sa.insert(labels).values(_NEW).returning(*_COLUMNS)
 
 
@@ -139,7 +141,7 @@ _WRITABLE = {"name": ("name", "name_key"), "color": ("color",)}
 @functools.cache
 def _update(dialect: str, *, guarded: bool) -> sa.Update:
     # One statement text whichever fields change: each is set only when its flag is.
-    values = flagged_values(labels, _WRITABLE) | versioned(labels)
+    values = flagged_values(labels, _WRITABLE) | versioned(labels) | stamped(labels)
     statement = sa.update(labels).values(values).where(_OWNER, _THIS)
     if guarded:
         statement = statement.where(versions_match(labels.c.version, dialect))
@@ -204,6 +206,7 @@ _TOUCH_CARRIERS = (
     .values(
         version=tasks.c.version + 1,
         updated_at=sa.bindparam("now", type_=tasks.c.updated_at.type),
+        **stamped(tasks),
     )
 )
 # ON DELETE CASCADE takes the label off its tasks (task_labels) in the same statement.
@@ -231,3 +234,11 @@ async def delete_label(
     if not deleted:
         await _stale_or_missing(db, user_id, label_id, if_match)
     return deleted
+
+
+_CHANGED = feed_page(labels, *_COLUMNS)
+
+
+async def changed_labels(session: Session, position: Mapping[str, Any]) -> list[LabelRead]:
+    """A page of the user's labels after a feed position (`tables.changes.feed_page`)."""
+    return [_read(row) for row in await session.rows(_CHANGED, position)]

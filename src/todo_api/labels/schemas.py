@@ -61,6 +61,7 @@ _EXAMPLE: dict[str, JsonValue] = {
     "created_at": "2026-11-26T08:00:00.000000Z",
     "updated_at": "2026-11-26T09:30:00.000000Z",
     "version": 2,
+    "change_seq": 41,
 }
 
 
@@ -73,11 +74,14 @@ class LabelRead(BaseModel):
     version: int = PydanticField(
         description="Incremented by every change; the ETag is its quoted value"
     )
+    change_seq: int = PydanticField(
+        description="The change sequence value of its last change (see /sync)"
+    )
 
     model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE]})
 
 
-READ_ONLY_FIELDS = frozenset({"id", "created_at", "updated_at", "version"})
+READ_ONLY_FIELDS = frozenset({"id", "created_at", "updated_at", "version", "change_seq"})
 
 
 class LabelPage(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,6 +26,7 @@ from todo_api.platform.database.versions import versions_match, versions_paramet
 from todo_api.platform.http.conditional import StaleVersion
 from todo_api.platform.http.problems import QuotaExceeded
 from todo_api.platform.positions import MAX_LENGTH, tail
+from todo_api.tables.changes import feed_page, next_change_seq, stamped
 from todo_api.tables.lists import inbox_id, lists
 from todo_api.tables.tasks import tasks
 from todo_api.tables.users import users
@@ -49,6 +50,7 @@ _COLUMNS = (
     lists.c.created_at,
     lists.c.updated_at,
     lists.c.version,
+    lists.c.change_seq,
 )
 _ALL = sa.select(*_COLUMNS).where(_OWNER).order_by(lists.c.position)
 _ONE = sa.select(*_COLUMNS).where(_OWNER, _THIS)
@@ -58,11 +60,11 @@ _LOCK_USER = (
     .with_for_update()
 )
 _COUNT = sa.select(sa.func.count()).select_from(lists).where(_OWNER)
-_NEW = {
+_NEW: dict[str, sa.ColumnElement[Any]] = {
     column.name: sa.bindparam(f"new_{column.name}", type_=column.type) for column in lists.columns
-}
+} | {"change_seq": next_change_seq(sa.bindparam("new_user_id", type_=lists.c.user_id.type))}
 _INSERT = sa.insert(lists).values(_NEW)
-_ORDER = Ordering(lists, (lists.c.user_id,)).statements()
+_ORDER = Ordering(lists, (lists.c.user_id,), stamped(lists)).statements()
 _FIELDS = {"name": ("name",), "color": ("color",)}
 
 
@@ -149,7 +151,7 @@ async def create_list(
 
 @functools.cache
 def _update(dialect: str, *, guarded: bool) -> sa.Update:
-    values = flagged_values(lists, _FIELDS) | versioned(lists)
+    values = flagged_values(lists, _FIELDS) | versioned(lists) | stamped(lists)
     statement = sa.update(lists).values(values).where(_OWNER, _THIS)
     if guarded:
         statement = statement.where(versions_match(lists.c.version, dialect))
@@ -203,6 +205,7 @@ _SET_POSITION = (
         position=sa.bindparam("position", type_=lists.c.position.type),
         updated_at=sa.bindparam("now", type_=lists.c.updated_at.type),
         version=lists.c.version + 1,
+        **stamped(lists),
     )
     .returning(lists.c.id)
 )
@@ -269,6 +272,7 @@ def _move_all_tasks() -> sa.Update:
             position=prefix + tasks.c.position,
             updated_at=sa.bindparam("now", type_=tasks.c.updated_at.type),
             version=tasks.c.version + 1,
+            **stamped(tasks),
         )
     )
 
@@ -319,3 +323,11 @@ async def delete_list(
     if not deleted:
         await _stale_or_missing(db, user_id, list_id, if_match)
     return deleted
+
+
+_CHANGED = feed_page(lists, *_COLUMNS)
+
+
+async def changed_lists(session: Session, position: Mapping[str, Any]) -> list[ListRead]:
+    """A page of the user's lists after a feed position (`tables.changes.feed_page`)."""
+    return [_read(row) for row in await session.rows(_CHANGED, position)]

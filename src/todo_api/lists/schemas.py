@@ -83,6 +83,7 @@ LIST_EXAMPLE: dict[str, Any] = {
     "created_at": "2026-11-26T08:00:00.000000Z",
     "updated_at": "2026-11-26T09:30:00.000000Z",
     "version": 2,
+    "change_seq": 40,
 }
 
 
@@ -100,6 +101,9 @@ class ListRead:
     created_at: datetime
     updated_at: datetime
     version: int
+    change_seq: Annotated[
+        int, PydanticField(description="The change sequence value of its last change (see /sync)")
+    ]
 
     __pydantic_config__ = ConfigDict(
         title="ListRead",
@@ -117,6 +121,7 @@ READ_ONLY_FIELDS = frozenset(
         "created_at",
         "updated_at",
         "version",
+        "change_seq",
     }
 )
 

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from todo_api.platform.database.types import UTCDateTime
+from todo_api.tables.changes import change_seq_column
 from todo_api.tables.lists import COLOR_CHECK
 from todo_api.tables.users import USER_ID_MAX
 
@@ -19,6 +20,7 @@ class Label(SQLModel, table=True):
     __tablename__ = "labels"
     __table_args__ = (
         sa.PrimaryKeyConstraint("user_id", "id"),
+        sa.Index("ix_labels_user_id_change_seq_id", "user_id", "change_seq", "id"),
         sa.CheckConstraint(
             f"length(trim(name)) >= 1 AND length(name) <= {LABEL_NAME_MAX}", name="name_length"
         ),
@@ -42,6 +44,8 @@ class Label(SQLModel, table=True):
     version: int = Field(
         default=1, sa_column=sa.Column(sa.Integer, nullable=False, server_default="1")
     )
+    # The change sequence value of the row's last write (todo_api.tables.changes).
+    change_seq: int = Field(default=0, sa_column=change_seq_column())
 
 
 class TaskLabel(SQLModel, table=True):

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from todo_api.platform.database.types import UTCDateTime
+from todo_api.tables.changes import change_seq_column
 from todo_api.tables.users import USER_ID_MAX
 
 LIST_NAME_MAX = 120
@@ -39,6 +40,7 @@ class TaskList(SQLModel, table=True):
         ),
         sa.CheckConstraint(COLOR_CHECK.format(column="color"), name="color_format"),
         sa.UniqueConstraint("user_id", "position"),
+        sa.Index("ix_lists_user_id_change_seq_id", "user_id", "change_seq", "id"),
         sa.Index(
             "uq_lists_user_id_inbox",
             "user_id",
@@ -65,6 +67,8 @@ class TaskList(SQLModel, table=True):
     version: int = Field(
         default=1, sa_column=sa.Column(sa.Integer, nullable=False, server_default="1")
     )
+    # The change sequence value of the row's last write (todo_api.tables.changes).
+    change_seq: int = Field(default=0, sa_column=change_seq_column())
 
 
 lists: sa.Table = TaskList.__table__  # type: ignore[attr-defined]

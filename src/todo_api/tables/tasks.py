@@ -23,6 +23,7 @@ from todo_api.platform.http.text import (
     single_line,
     storable_text,
 )
+from todo_api.tables.changes import change_seq_column
 from todo_api.tables.lists import POSITION
 from todo_api.tables.users import USER_ID_MAX
 
@@ -76,6 +77,8 @@ class Task(TaskFields, table=True):
         sa.Index("ix_tasks_user_id_title_id", "user_id", "title", "id"),
         sa.Index("ix_tasks_user_id_completed_at_id", "user_id", "completed_at", "id"),
         sa.Index("ix_tasks_user_id_priority_id", "user_id", "priority", "id"),
+        # The sync feed, in change order (todo_api.sync).
+        sa.Index("ix_tasks_user_id_change_seq_id", "user_id", "change_seq", "id"),
         # Serves `sort=due` and, through the local date the wall time starts with, every due
         # filter (a range on it prunes before the exact test).
         sa.Index("ix_tasks_user_id_due_sort_id", "user_id", "due_sort", "id"),
@@ -140,6 +143,8 @@ class Task(TaskFields, table=True):
     version: int = Field(
         default=1, sa_column=sa.Column(sa.Integer, nullable=False, server_default="1")
     )
+    # The change sequence value of the row's last write (todo_api.tables.changes).
+    change_seq: int = Field(default=0, sa_column=change_seq_column())
 
 
 # The Core table, for statements (SQLModel does not type `__table__`).

@@ -34,6 +34,14 @@ class User(SQLModel, table=True):
         default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0")
     )
     created_at: datetime = Field(sa_column=sa.Column(UTCDateTime, nullable=False))
+    # The user's change sequence: the value of its last committed write (tables.changes).
+    change_seq: int = Field(
+        default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0")
+    )
+    # The oldest sequence a sync token may start after: the newest purged tombstone's.
+    sync_floor: int = Field(
+        default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0")
+    )
 
 
 # The Core table, for statements (SQLModel does not type `__table__`).

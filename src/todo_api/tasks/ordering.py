@@ -6,9 +6,10 @@ import uuid
 from typing import Any
 
 from todo_api.platform.database.ordering import Ordering
+from todo_api.tables.changes import stamped
 from todo_api.tables.tasks import tasks
 
-TASK_ORDER = Ordering(tasks, (tasks.c.user_id, tasks.c.list_id)).statements()
+TASK_ORDER = Ordering(tasks, (tasks.c.user_id, tasks.c.list_id), stamped(tasks)).statements()
 NOBODY = uuid.UUID(int=0)  # `moving_id` when no task of the set is moving
 
 

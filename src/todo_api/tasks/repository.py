@@ -22,7 +22,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -42,6 +42,7 @@ from todo_api.platform.http.cursor import Cursor
 from todo_api.platform.http.problems import QuotaExceeded
 from todo_api.platform.positions import tail
 from todo_api.platform.zones import zone
+from todo_api.tables.changes import feed_page, next_change_seq, stamped
 from todo_api.tables.idempotency_keys import idempotency_keys
 from todo_api.tables.labels import labels, task_labels
 from todo_api.tables.lists import inbox_id, lists
@@ -150,6 +151,7 @@ _TASK_COLUMNS: tuple[sa.ColumnElement[Any], ...] = (
     tasks.c.created_at,
     tasks.c.updated_at,
     tasks.c.version,
+    tasks.c.change_seq,
 )
 
 
@@ -163,12 +165,12 @@ def _to_task(row: Sequence[Any]) -> TaskRead:
     # Rows come from our own table through typed columns: no second validation needed.
     (id_, user_id, list_id, title, description, completed, completed_at, priority, due_date,
      due_time, due_timezone, due_at, encoded_labels, position, created_at, updated_at,
-     version) = row  # fmt: skip
+     version, change_seq) = row  # fmt: skip
     refs = _label_refs(encoded_labels)
     return TaskRead(
         id_, user_id, list_id, title, description, completed, completed_at,
         PRIORITY_OF_NUMBER[priority], due_read(due_date, due_time, due_timezone, due_at),
-        [ref.id for ref in refs], refs, position, created_at, updated_at, version,
+        [ref.id for ref in refs], refs, position, created_at, updated_at, version, change_seq,
     )  # fmt: skip
 
 
@@ -200,9 +202,9 @@ _DELETE_ALL = (
     .returning(tasks.c.id)
 )
 _STORED = tuple(column for column in tasks.columns)
-_NEW_TASK: dict[str, sa.BindParameter[Any]] = {
+_NEW_TASK: dict[str, sa.ColumnElement[Any]] = {
     column.name: sa.bindparam(f"new_{column.name}", type_=column.type) for column in _STORED
-}
+} | {"change_seq": next_change_seq(sa.bindparam("new_user_id", type_=tasks.c.user_id.type))}
 _LIST_OWNED = (
     lists.c.user_id == sa.bindparam("owner_id", type_=lists.c.user_id.type),
     lists.c.id == sa.bindparam("new_list_id", type_=lists.c.id.type),
@@ -285,7 +287,10 @@ def _insert_task(dialect: str) -> sa.Insert:
     # ON CONFLICT (id) DO NOTHING: the id is chosen here, so a retry after a lost connection
     # finds the row it already wrote and leaves it alone instead of failing or doubling it.
     statement: sa.Insert = (
-        insert(dialect, tasks).values(_NEW_TASK).on_conflict_do_nothing(index_elements=["id"])
+        insert(dialect, tasks)
+        .values(_NEW_TASK)
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(tasks.c.change_seq)
     )
     return statement
 
@@ -299,6 +304,7 @@ def _with_completion(values: dict[str, Any]) -> dict[str, Any]:
     return (
         values
         | versioned(tasks)
+        | stamped(tasks)
         | {
             "completed_at": sa.case(
                 (sa.and_(completed, sa.not_(tasks.c.completed)), now),
@@ -540,6 +546,7 @@ def _new_task(
         created_at=now,
         updated_at=now,
         version=1,
+        change_seq=0,  # the database's: see create_task
     )
     parameters = {f"new_{name}": value for name, value in _stored_values(task, due).items()}
     parameters |= owner_parameters(user_id, now, email)
@@ -593,10 +600,10 @@ def _expire(dialect: str) -> sa.Delete:
 @functools.cache
 def _create_in_one_statement(
     *, with_email: bool, keyed: bool, into_inbox: bool
-) -> sa.Select[bool, bool, bool]:
+) -> sa.Select[bool, bool, bool, int]:
     """PostgreSQL: provision the user, check the quota (locking the user's row), check the
     list, [drop expired keys, claim the key,] insert the task: one statement, atomic on its
-    own, one round trip. Returns (allowed, claimed, inserted)."""
+    own, one round trip. Returns (allowed, claimed, inserted, the task's change_seq)."""
     provisioned, inbox = provisioning_ctes(with_email=with_email)
     quota = _USER_WITHIN_QUOTA.cte("quota")
     ctes: list[sa.CTE] = [provisioned, inbox, quota]
@@ -616,7 +623,7 @@ def _create_in_one_statement(
         postgresql.insert(tasks)
         .from_select([column.name for column in _STORED], sa.select(*columns).where(go))
         .on_conflict_do_nothing(index_elements=["id"])
-        .returning(tasks.c.id)
+        .returning(tasks.c.id, tasks.c.change_seq)
         .cte("new_task")
     )
     ctes.append(new_task)
@@ -626,6 +633,7 @@ def _create_in_one_statement(
             "claimed"
         ),
         sa.exists(sa.select(new_task.c.id)).label("inserted"),
+        sa.select(new_task.c.change_seq).scalar_subquery().label("change_seq"),
     ).add_cte(*ctes)
 
 
@@ -715,14 +723,14 @@ async def create_task(
                 with_email=email is not None, keyed=key is not None, into_inbox=new.into_inbox
             )
             for _ in range(2):
-                [(allowed, claimed, inserted)] = await db.rows(
+                [(allowed, claimed, inserted, change_seq)] = await db.rows(
                     statement, parameters, idempotent=True
                 )
                 if allowed or not await _below_quota(db, user_id, quotas.tasks):
                     break  # else: lost a race with this user's creation; its row is there now
             outcome = "created" if inserted else await _why_not(db, new, allowed, claimed, quotas)
         else:
-            outcome = await db.transaction(
+            outcome, change_seq = await db.transaction(
                 lambda session: _create_in_transaction(
                     session, db.dialect, new, parameters, quotas, key, data.label_ids
                 ),
@@ -734,12 +742,25 @@ async def create_task(
             raise
         outcome = "replayed"
     if outcome == "created":
-        return new.task, False
+        if change_seq is None:  # a retry found the row its first attempt wrote
+            change_seq = await _change_seq(db, user_id, new.task.id)
+        return replace(new.task, change_seq=change_seq), False
     stored = await db.rows(_PREVIOUS, parameters, idempotent=True)
     request_hash, response_body = stored[0]
     if request_hash != fingerprint:
         raise IdempotencyKeyReused()
-    return TASK_JSON.validate_json(response_body), True
+    # The stored answer was written with the task, before the database chose its change_seq:
+    # a replay reports the task's current one (0 once the task is gone).
+    replayed = TASK_JSON.validate_json(response_body)
+    return replace(replayed, change_seq=await _change_seq(db, user_id, replayed.id)), True
+
+
+_CHANGE_SEQ = sa.select(tasks.c.change_seq).where(*_OWNED)
+
+
+async def _change_seq(db: Database, user_id: str, task_id: uuid.UUID) -> int:
+    rows = await db.rows(_CHANGE_SEQ, {"owner_id": user_id, "task_id": task_id}, idempotent=True)
+    return int(rows[0][0]) if rows else 0
 
 
 async def _below_quota(db: Database, user_id: str, quota: int) -> bool:
@@ -765,7 +786,8 @@ async def _create_in_transaction(
     quotas: Quotas,
     key: str | None,
     label_ids: Sequence[uuid.UUID],
-) -> str:
+) -> tuple[str, int | None]:
+    """(outcome, the new task's change_seq: None when not inserted now)."""
     user_id = new.task.user_id
     created = await provision(session, dialect, parameters)
     if not created and not await session.rows(_USER_WITHIN_QUOTA, parameters):
@@ -775,8 +797,8 @@ async def _create_in_transaction(
     if key is not None:
         await session.rows(_expire(dialect), parameters)
         if not await session.rows(_claim(dialect), parameters):
-            return "replayed"
-    await session.rows(_insert_task(dialect), parameters)
+            return "replayed", None
+    inserted = await session.rows(_insert_task(dialect), parameters)
     if label_ids:
         # The labels were checked before; one deleted since fails the foreign key (409).
         await session.rows(
@@ -787,7 +809,7 @@ async def _create_in_transaction(
                 "label_ids": id_list_parameter(label_ids, dialect),
             },
         )
-    return "created"
+    return "created", int(inserted[0][0]) if inserted else None
 
 
 # --- read ----------------------------------------------------------------------------------------
@@ -985,6 +1007,7 @@ _PLACE = (
         position=sa.bindparam("position", type_=tasks.c.position.type),
         updated_at=sa.bindparam("now", type_=tasks.c.updated_at.type),
         version=tasks.c.version + 1,
+        **stamped(tasks),
     )
     .returning(*_TASK_COLUMNS)
 )
@@ -1112,5 +1135,16 @@ _MOVE_TO_END = (
     .values(
         list_id=sa.bindparam("new_list_id", type_=tasks.c.list_id.type),
         position=sa.bindparam("position", type_=tasks.c.position.type),
+        **stamped(tasks),
     )
 )
+
+
+# --- the sync feed ----------------------------------------------------------------------------
+
+_CHANGED = feed_page(tasks, *_TASK_COLUMNS)
+
+
+async def changed_tasks(session: Session, position: Mapping[str, Any]) -> list[TaskRead]:
+    """A page of the user's tasks after a feed position (`tables.changes.feed_page`)."""
+    return [_to_task(row) for row in await session.rows(_CHANGED, position)]

@@ -304,6 +304,7 @@ TASK_EXAMPLE: dict[str, Any] = {
     "created_at": "2026-11-26T08:00:00.000000Z",
     "updated_at": "2026-11-26T09:30:00.000000Z",
     "version": 2,
+    "change_seq": 42,
 }
 
 
@@ -330,6 +331,9 @@ class TaskRead:
     updated_at: datetime
     version: Annotated[
         int, PydanticField(description="Incremented by every change; the ETag is its quoted value")
+    ]
+    change_seq: Annotated[
+        int, PydanticField(description="The change sequence value of its last change (see /sync)")
     ]
 
     __pydantic_config__ = ConfigDict(

@@ -16,6 +16,7 @@ from todo_api.platform.database.database import Database
 from todo_api.platform.database.executors import Session
 from todo_api.platform.database.types import utcnow
 from todo_api.platform.positions import ranked
+from todo_api.tables.changes import next_change_seq
 from todo_api.tables.labels import labels
 from todo_api.tables.lists import inbox_id, lists
 from todo_api.tables.users import users
@@ -77,6 +78,7 @@ _INBOX = {
     "created_at": sa.bindparam("now", type_=lists.c.created_at.type),
     "updated_at": sa.bindparam("now", type_=lists.c.updated_at.type),
     "version": sa.literal(1),
+    "change_seq": next_change_seq(sa.bindparam("owner_id", type_=lists.c.user_id.type)),
 }
 
 

@@ -101,6 +101,13 @@ class Database:
         of `work` runs again when the retry policy allows."""
         return await self._retrying(lambda: self.executor.transaction(work), idempotent)
 
+    async def snapshot(self, work: Callable[[Session], Awaitable[T]]) -> T:
+        """`work`'s reads in one read-only transaction that sees one committed state
+        (PostgreSQL: REPEATABLE READ), so that several statements agree with each other."""
+        return await self._retrying(
+            lambda: self.executor.transaction(work, snapshot=True), idempotent=True
+        )
+
     async def dispose(self) -> None:
         await self.engine.dispose()
 

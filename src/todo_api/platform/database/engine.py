@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -202,3 +203,24 @@ def is_unavailable(error: BaseException) -> bool:
         | OSError
         | TimeoutError,
     )
+
+
+async def connect_direct(settings: Settings, *, application_name: str) -> asyncpg.Connection:
+    """A connection of its own (no pool, never a transaction-mode pooler: DATABASE_URL_DIRECT
+    when set), for session features such as LISTEN. PostgreSQL only."""
+    target = settings.database_direct
+    url = target.url
+    connect_args: dict[str, Any] = {"timeout": settings.db_connect_timeout, **target.connect_args}
+    connect_args["server_settings"] = {
+        **target.connect_args.get("server_settings", {}),
+        "application_name": application_name,
+    }
+    connection: asyncpg.Connection = await asyncpg.connect(
+        host=url.host,
+        port=url.port,
+        user=url.username,
+        password=url.password,
+        database=url.database,
+        **connect_args,
+    )
+    return connection

@@ -52,8 +52,11 @@ class Executor(Protocol):
         """One statement in autocommit on a connection of its own; its rows."""
         ...
 
-    async def transaction(self, work: Callable[[Session], Awaitable[T]]) -> T:
-        """`work`'s statements in one transaction, committed before this returns."""
+    async def transaction(
+        self, work: Callable[[Session], Awaitable[T]], *, snapshot: bool = False
+    ) -> T:
+        """`work`'s statements in one transaction, committed before this returns;
+        `snapshot`: a read-only one whose statements all see the same committed state."""
         ...
 
 
@@ -133,11 +136,17 @@ class PostgresExecutor:
             await connection.close()
         return [compiled.row(record) for record in records]
 
-    async def transaction(self, work: Callable[[Session], Awaitable[T]]) -> T:
+    async def transaction(
+        self, work: Callable[[Session], Awaitable[T]], *, snapshot: bool = False
+    ) -> T:
         async with _pooled(self._engine) as connection:
             driver = await _driver(connection)
             session = _PostgresSession(self, driver)
-            transaction = driver.transaction()
+            transaction = (
+                driver.transaction(isolation="repeatable_read", readonly=True)
+                if snapshot
+                else driver.transaction()
+            )
             try:
                 await self._call(driver, "BEGIN", transaction.start())
                 try:
@@ -326,14 +335,17 @@ class SqliteExecutor:
             await connection.execution_options(isolation_level="AUTOCOMMIT")
             return await _SqliteSession(connection, self._observe).rows(statement, parameters)
 
-    async def transaction(self, work: Callable[[Session], Awaitable[T]]) -> T:
+    async def transaction(
+        self, work: Callable[[Session], Awaitable[T]], *, snapshot: bool = False
+    ) -> T:
         async with _pooled(self._engine) as connection:
             session = _SqliteSession(connection, self._observe)
             try:
                 # Take the write lock first: Python's sqlite3 would begin only at the first
                 # write, so a transaction's reads (a quota count, a list's last position)
                 # could be stale by the time it writes. Writers queue here (busy timeout).
-                await connection.exec_driver_sql("BEGIN IMMEDIATE")
+                # A snapshot only reads: a deferred BEGIN, whose reads share one snapshot.
+                await connection.exec_driver_sql("BEGIN" if snapshot else "BEGIN IMMEDIATE")
                 result = await work(session)
                 await connection.commit()
             except exc.SQLAlchemyError as error:

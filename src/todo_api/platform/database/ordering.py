@@ -14,7 +14,7 @@ so two moves into the same gap cannot compute the same key.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -52,6 +52,8 @@ class AnchorNotFound(Exception):
 class Ordering:
     table: sa.Table
     scope: tuple[sa.Column[Any], ...]  # the columns whose values name the set
+    # What else every rewritten key sets (the table's change stamp).
+    stamp: Mapping[str, sa.ColumnElement[Any]] = field(default_factory=dict)
 
     def _in_scope(self) -> list[sa.ColumnElement[bool]]:
         return [
@@ -90,13 +92,16 @@ class Ordering:
             first=base.order_by(position).limit(1),
             last=base.order_by(position.desc()).limit(1),
             # Out of the way first: "~" sorts after every key digit, and keeps them unique.
-            park=sa.update(table).where(*self._in_scope()).values(position="~" + position),
+            park=sa.update(table)
+            .where(*self._in_scope())
+            .values(position="~" + position, **self.stamp),
             spread=sa.update(table)
             .where(*(column == ranks.c[f"r_{column.key}"] for column in (*self.scope, table.c.id)))
             .values(
                 position=ranked_key(ranks.c.rank),
                 updated_at=now,
                 version=table.c.version + 1,
+                **self.stamp,
             ),
             count=sa.select(sa.func.count()).select_from(rows.subquery()),
         )

@@ -129,6 +129,16 @@ class UnprocessableContent(ProblemError):
     status = 422
 
 
+class Gone(ProblemError):
+    status = 410
+
+
+class TooManyRequests(ProblemError):
+    """`headers` must carry `Retry-After`."""
+
+    status = 429
+
+
 class ServiceUnavailable(ProblemError):
     status = 503
 
@@ -192,7 +202,12 @@ def problem_response(
 
 
 # Headers an error answer carries, by status.
-_ERROR_HEADERS = {401: ("WWW-Authenticate",), 412: ("ETag",), 503: ("Retry-After",)}
+_ERROR_HEADERS = {
+    401: ("WWW-Authenticate",),
+    412: ("ETag",),
+    429: ("Retry-After",),
+    503: ("Retry-After",),
+}
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

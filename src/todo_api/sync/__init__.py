@@ -1,0 +1,1 @@
+"""The change feed: `/sync` (a gap-free delta with deletions) and `/events` (pushed hints)."""
