@@ -96,6 +96,9 @@ async def test_openapi_declares_every_error_status_with_the_problem_schema(
         ("get", "/api/{user_id}"): {"200", "422", "503"},
         ("patch", "/api/{user_id}"): {"200"} | body,
         ("get", "/api/{user_id}/limits"): {"200", "422", "503"},
+        ("get", "/api/{user_id}/sync"): {"200", "400", "410", "422", "503"},
+        ("post", "/api/{user_id}/events/ticket"): {"200", "422", "503"},
+        ("get", "/api/{user_id}/events"): {"200", "422", "429", "503"},
         ("get", "/health/ready"): {"200", "503"},
     }
     declared = {(method, path) for path, ops in spec["paths"].items() for method in ops}

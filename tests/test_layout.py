@@ -16,6 +16,7 @@ DOMAINS = (
     "todo_api.labels",
     "todo_api.users",
     "todo_api.auth",
+    "todo_api.sync",
 )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import random
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -116,7 +117,11 @@ class Hub:
             self._idle.cancel()
             self._idle = None
         if not self.listening:
-            self._running = asyncio.create_task(self._source.run(self), name="events-source")
+            # A context of its own: not the first subscriber's request (its id in every log
+            # line of the source).
+            self._running = asyncio.create_task(
+                self._source.run(self), name="events-source", context=contextvars.Context()
+            )
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:

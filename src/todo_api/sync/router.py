@@ -97,7 +97,7 @@ def _change(change: repository.Change) -> TaskChange | ListChange | LabelChange:
     "must not go into a URL: get a ticket with the token, then open "
     "`…/events?ticket=…` within `expires_in` seconds.",
     response_model=EventsTicket,
-    responses=responses(503),
+    responses=responses(422, 503),
 )
 async def create_ticket(owner: Owner, db: DatabaseDep) -> Response:
     ticket = await repository.create_ticket(db, user_id=owner.user_id, email=owner.email)
@@ -153,7 +153,7 @@ def _changed(seq: int) -> ServerSentEvent:
     "`/sync`); a `: ping` comment every 15 s. With `Last-Event-ID` behind the current "
     "sequence, one `changed` comes at once. Authorization header, or `?ticket=`.",
     response_class=EventSourceResponse,
-    responses=responses(429, 503),
+    responses=responses(422, 429, 503),
 )
 async def events(
     subscription: Annotated[Subscription, Depends(subscribed)],
