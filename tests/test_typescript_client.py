@@ -136,6 +136,7 @@ def test_generated_client_type_checks_and_drives_the_api(node: Node, server: Ser
         "list-again",
         "get-deleted-404",
         "task-model",
+        "sync",
     ]
     # Seen from outside the client too: the task it created is gone.
     gone = httpx.get(f"{server.base_url}/api/{user}/tasks/{summary['task_id']}", timeout=10)

@@ -271,6 +271,47 @@ async function main(): Promise<void> {
   equal(inboxOnly.items.length, 0, "inbox filter: the task is in another list");
   steps.push("task-model");
 
+  // 10. The change feed: a full sync, a change, then the delta with the typed union narrowed.
+  const full = succeeded(
+    "full sync",
+    await client.GET("/api/{user_id}/sync", { params: { path: user } }),
+    200,
+  );
+  check(!full.has_more, "full sync: has_more");
+  const fullTask = full.changes.find((item) => item.kind === "task" && item.id === modelled.id);
+  check(fullTask !== undefined && !fullTask.deleted, "full sync: the modelled task is live");
+  const renamedModel = succeeded(
+    "rename for sync",
+    await client.PATCH("/api/{user_id}/tasks/{task_id}", {
+      params: { path: { ...user, task_id: modelled.id } },
+      body: { title: "Call New York again" },
+    }),
+    200,
+  );
+  check(renamedModel.change_seq > modelled.change_seq, "rename for sync: change_seq grew");
+  const delta = succeeded(
+    "delta sync",
+    await client.GET("/api/{user_id}/sync", {
+      params: { path: user, query: { token: full.next_token } },
+    }),
+    200,
+  );
+  equal(delta.changes.length, 1, "delta sync: changes");
+  const change = delta.changes[0];
+  check(change !== undefined && change.kind === "task", "delta sync: a task change");
+  if (change !== undefined && change.kind === "task") {
+    // Narrowed by `kind`: `data` is a task (or null for a deletion).
+    equal(change.data?.title ?? null, "Call New York again", "delta sync: the latest title");
+    equal(change.change_seq, renamedModel.change_seq, "delta sync: change_seq");
+  }
+  const ticket = succeeded(
+    "events ticket",
+    await client.POST("/api/{user_id}/events/ticket", { params: { path: user } }),
+    200,
+  );
+  equal(ticket.expires_in, 60, "events ticket: expires_in");
+  steps.push("sync");
+
   const summary = {
     check: "typescript-client",
     ok: true,
