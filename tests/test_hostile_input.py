@@ -679,6 +679,48 @@ async def test_edited_real_cursor_is_bad_request(
     assert await count_rows(engine) == 3
 
 
+async def real_sync_token(client: httpx.AsyncClient) -> str:
+    """A token from the middle of a full sync (the inbox, then the task, one per page)."""
+    await create_task(client)
+    page = await client.get(f"/api/{USER}/sync", params={"limit": 1})
+    assert page.status_code == 200 and page.json()["has_more"] is True, page.text
+    token: str = page.json()["next_token"]
+    return token
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(lambda token: token[: len(token) // 2], id="first-half"),
+        pytest.param(lambda token: token + "AAAA", id="bytes-appended"),
+        pytest.param(lambda token: flip(token, len(token) // 3), id="payload-character-flipped"),
+        pytest.param(lambda token: flip(token, len(token) - 5), id="mac-character-flipped"),
+        pytest.param(lambda token: token.split(".")[0], id="mac-removed"),
+        pytest.param(lambda token: token.swapcase(), id="case-swapped"),
+        pytest.param(lambda token: token.replace(".", "\x00."), id="nul-inserted"),
+        pytest.param(lambda token: "' OR 1=1 --", id="sql"),
+        pytest.param(lambda token: "é" * 300, id="non-ascii"),
+        pytest.param(lambda token: "", id="empty"),
+        pytest.param(lambda token: resigned(token, 2, 0), id="sequence"),
+        pytest.param(lambda token: resigned(token, 3, "task"), id="kind"),
+        pytest.param(lambda token: resigned(token, 1, "0" * 16), id="owner"),
+        pytest.param(lambda token: resigned(token, 5, -1), id="since"),
+    ],
+)
+async def test_edited_or_garbage_sync_token_is_bad_request(
+    client: httpx.AsyncClient, engine: AsyncEngine, edit: Any
+) -> None:
+    token = await real_sync_token(client)
+    assert (await client.get(f"/api/{USER}/sync", params={"token": token})).status_code == 200
+
+    response = await client.get(f"/api/{USER}/sync", params={"token": edit(token)})
+
+    problem = assert_problem(response, 400)
+    assert problem["type"] == "/problems/invalid-sync-token"
+    assert "sync token" in problem["detail"]
+    assert await count_rows(engine) == 1
+
+
 async def test_a_cursor_replayed_on_another_users_list_shows_only_that_users_tasks(
     client: httpx.AsyncClient,
 ) -> None:
