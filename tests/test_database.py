@@ -17,6 +17,7 @@ from todo_api.platform.database.errors import DatabaseError, Failure
 from todo_api.platform.database.executors import Session
 from todo_api.platform.database.types import utcnow
 from todo_api.settings import Settings
+from todo_api.tables.changes import TRANSACTION_SETUP
 from todo_api.tables.users import users
 
 pytestmark = pytest.mark.through_pooler
@@ -29,7 +30,7 @@ _NEW_USER = sa.insert(users).values(
 
 @pytest.fixture
 async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = open_database(settings)
+    database = open_database(settings, transaction_setup=TRANSACTION_SETUP)
     yield database
     await database.dispose()
 

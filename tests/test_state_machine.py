@@ -79,6 +79,7 @@ from todo_api.platform.database.ordering import AnchorNotFound
 from todo_api.platform.http.cursor import Cursor
 from todo_api.platform.positions import MAX_LENGTH
 from todo_api.settings import Settings
+from todo_api.tables.changes import TRANSACTION_SETUP
 from todo_api.tables.lists import inbox_id
 from todo_api.tasks import repository
 from todo_api.tasks.errors import (
@@ -453,7 +454,7 @@ class TaskMachine(RuleBasedStateMachine):
         tally.examples += 1
         # Hypothesis drives the machine synchronously: one event loop for this example's engine.
         self.runner = asyncio.Runner()
-        self.database = open_database(app_settings)
+        self.database = open_database(app_settings, transaction_setup=TRANSACTION_SETUP)
         self.engine = self.database.engine
         self.accounts = {user: Account() for user in USERS}
         self.acted: set[str] = set()  # who acted in this step

@@ -20,7 +20,7 @@ from todo_api.labels.schemas import LabelRead
 from todo_api.lists.repository import lock_user
 from todo_api.platform.database.database import Database
 from todo_api.platform.database.errors import DatabaseError, Failure
-from todo_api.platform.database.executors import Session
+from todo_api.platform.database.executors import Rows, Session
 from todo_api.platform.database.types import utcnow
 from todo_api.platform.database.updates import flag_parameters, flagged_values, versioned
 from todo_api.platform.database.versions import versions_match, versions_parameter
@@ -179,8 +179,17 @@ async def update_label(
     if if_match is not None:
         parameters["versions"] = versions_parameter(if_match, db.dialect)
     statement = _update(db.dialect, guarded=if_match is not None)
+
+    async def work(session: Session) -> Rows:
+        # Tasks show their labels' names and colours: the ones carrying it change too (a new
+        # version and change_seq), in the same transaction, so /sync sends them.
+        updated = await session.rows(statement, parameters)
+        if updated:
+            await session.rows(_TOUCH_CARRIERS, parameters)
+        return updated
+
     try:
-        rows = await db.rows(statement, parameters, idempotent=False)
+        rows = await db.transaction(work, idempotent=False)
     except DatabaseError as error:
         if error.failure is not Failure.INTEGRITY or "name" not in changes:
             raise

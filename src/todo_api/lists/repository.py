@@ -57,7 +57,7 @@ _ONE = sa.select(*_COLUMNS).where(_OWNER, _THIS)
 _LOCK_USER = (
     sa.select(users.c.id)
     .where(users.c.id == sa.bindparam("owner_id", type_=users.c.id.type))
-    .with_for_update()
+    .with_for_update(key_share=True)
 )
 _COUNT = sa.select(sa.func.count()).select_from(lists).where(_OWNER)
 _NEW: dict[str, sa.ColumnElement[Any]] = {

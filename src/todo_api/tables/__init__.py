@@ -18,7 +18,7 @@ SQLModel.metadata.naming_convention = {
     "pk": "pk_%(table_name)s",
 }
 
-from todo_api.tables.changes import EventTicket, Tombstone  # noqa: E402
+from todo_api.tables.changes import ChangePending, EventTicket, Tombstone  # noqa: E402
 from todo_api.tables.idempotency_keys import IdempotencyKey  # noqa: E402
 from todo_api.tables.labels import Label, TaskLabel  # noqa: E402
 from todo_api.tables.lists import TaskList  # noqa: E402
@@ -30,6 +30,7 @@ metadata = SQLModel.metadata
 __all__ = [
     "USER_ID_MAX",
     "USER_ID_PATTERN",
+    "ChangePending",
     "EventTicket",
     "IdempotencyKey",
     "Label",

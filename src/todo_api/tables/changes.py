@@ -14,8 +14,9 @@ Who assigns the value (migration 0005 creates the triggers):
   and any concurrent-update recheck), so a refused write takes nothing. Statements write
   `next_change_seq(...)` into the column, which compiles to NULL there: a row reaching the
   table without the trigger fails NOT NULL instead of going unseen.
-- SQLite (one writer at a time): the statement itself computes the counter + 1 and an AFTER
-  trigger moves the counter up to it; a row that is updated without a new value is refused.
+- SQLite (one writer at a time): the statement itself computes the value (the one this
+  transaction took already, from `change_pending`, else the counter + 1) and AFTER triggers
+  move the counter up to it and remember it; a row updated without a new value is refused.
 Tombstones come from AFTER DELETE triggers on both, so cascades (a list's tasks) leave them too.
 """
 
@@ -57,10 +58,18 @@ def _next_postgresql(element: next_change_seq, compiler: Any, **kw: Any) -> str:
 
 @compiles(next_change_seq)
 def _next_sqlite(element: next_change_seq, compiler: Any, **kw: Any) -> str:
-    (owner,) = element.clauses
+    # The value this transaction took already (change_pending), else the next one.
+    (owner_clause,) = element.clauses
+    owner = compiler.process(owner_clause, **kw)
     return (
-        f"(SELECT users.change_seq + 1 FROM users WHERE users.id = {compiler.process(owner, **kw)})"
+        "(SELECT coalesce((SELECT change_pending.seq FROM change_pending WHERE "
+        f"change_pending.user_id = {owner}), users.change_seq + 1) FROM users "
+        f"WHERE users.id = {owner})"
     )
+
+
+# SQLite: run first in every write transaction (see change_pending).
+TRANSACTION_SETUP = ("DELETE FROM change_pending",)
 
 
 def stamped(table: sa.Table) -> dict[str, sa.ColumnElement[Any]]:
@@ -104,6 +113,17 @@ class EventTicket(SQLModel, table=True):
         )
     )
     expires_at: datetime = Field(sa_column=sa.Column(UTCDateTime, nullable=False))
+
+
+class ChangePending(SQLModel, table=True):
+    """SQLite only (empty on PostgreSQL, whose transactions remember the value themselves):
+    the value the current write transaction took, per user. SQLite runs one write
+    transaction at a time, and the app empties this table as each one begins."""
+
+    __tablename__ = "change_pending"
+
+    user_id: str = Field(sa_column=sa.Column(sa.String(USER_ID_MAX), primary_key=True))
+    seq: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
 
 
 # The Core tables, for statements (SQLModel does not type `__table__`).

@@ -210,15 +210,19 @@ _LIST_OWNED = (
     lists.c.id == sa.bindparam("new_list_id", type_=lists.c.id.type),
 )
 _LIST_EXISTS = sa.select(lists.c.id).where(*_LIST_OWNED)
-_LOCK_LIST = _LIST_EXISTS.with_for_update()
+# FOR NO KEY UPDATE: concurrent moves into the list take turns, but a create's foreign key
+# check (FOR KEY SHARE on the list) is not blocked: a create holds its user's counter row
+# first, a move takes it last (the change stamp), and blocking both ways would deadlock.
+_LOCK_LIST = _LIST_EXISTS.with_for_update(key_share=True)
 _USER_WITHIN_QUOTA = (
     sa.select(users.c.id)
     .where(
         users.c.id == sa.bindparam("owner_id", type_=users.c.id.type),
         users.c.task_count < sa.bindparam("task_quota", type_=sa.Integer),
     )
-    # Waits for a concurrent create of this user, then re-reads its count: race-free.
-    .with_for_update()
+    # Waits for a concurrent create of this user, then re-reads its count: race-free. NO KEY:
+    # the foreign key checks of rows referencing the user (FOR KEY SHARE) need not wait.
+    .with_for_update(key_share=True)
 )
 _TASK_COUNT = sa.select(users.c.task_count).where(
     users.c.id == sa.bindparam("owner_id", type_=users.c.id.type)
@@ -998,7 +1002,11 @@ async def delete_tasks(db: Database, *, user_id: str, completed: bool) -> int:
 
 # --- move ---------------------------------------------------------------------------------------
 
-_CURRENT = sa.select(tasks.c.list_id, tasks.c.version).where(*_OWNED)
+# Locked first (the task, then the list, then the user's counter: the order of every write
+# of an existing task), so a concurrent delete waits instead of vanishing mid-move.
+_CURRENT = (
+    sa.select(tasks.c.list_id, tasks.c.version).where(*_OWNED).with_for_update(key_share=True)
+)
 _PLACE = (
     sa.update(tasks)
     .where(*_OWNED)
@@ -1048,7 +1056,8 @@ async def move_task(
         )  # fmt: skip
         parameters = owned | {"new_list_id": destination, "position": position, "now": now}
         task = _one_task(await session.rows(_PLACE, parameters))
-        assert task is not None
+        if task is None:  # cannot happen: the row is locked since the first read
+            raise TaskNotFound(task_id)
         return task
 
     return await db.transaction(work, idempotent=False)

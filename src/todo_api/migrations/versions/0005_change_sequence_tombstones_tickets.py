@@ -80,26 +80,39 @@ def _pg_triggers(table: str) -> tuple[str, str]:
     )
 
 
+# SQLite has one writer at a time and no transaction-local state: `change_pending` holds the
+# value the current write transaction took, per user; the app empties it when each write
+# transaction begins (todo_api.tables.changes.TRANSACTION_SETUP).
+SQLITE_PENDING = "(SELECT seq FROM change_pending WHERE user_id = {owner})"
+
+
 def _sqlite_triggers(table: str) -> tuple[str, ...]:
-    # The statement wrote users.change_seq + 1 into the row (tables.changes.next_change_seq);
-    # the counter follows. An update that did not take a new value is a bug: refused.
+    # The statement wrote the transaction's value into the row (next_change_seq); the counter
+    # follows, and the value is remembered for the rest of the transaction. An update that did
+    # not take a new value is a bug: refused.
     follow = (
         "UPDATE users SET change_seq = NEW.change_seq "
-        "WHERE id = NEW.user_id AND change_seq < NEW.change_seq;"
+        "WHERE id = NEW.user_id AND change_seq < NEW.change_seq; "
+        "INSERT OR IGNORE INTO change_pending (user_id, seq) VALUES (NEW.user_id, NEW.change_seq);"
     )
+    pending = SQLITE_PENDING.format(owner="OLD.user_id")
     now = "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
     return (
         f"CREATE TRIGGER {table}_change_required BEFORE UPDATE ON {table} "
-        "WHEN NEW.change_seq <= OLD.change_seq BEGIN "
+        "WHEN NEW.change_seq <= OLD.change_seq AND NEW.change_seq IS NOT "
+        f"{SQLITE_PENDING.format(owner='NEW.user_id')} BEGIN "
         f"SELECT RAISE(ABORT, '{table}: a write must take the next change_seq'); END",
         f"CREATE TRIGGER {table}_change_counted AFTER INSERT ON {table} BEGIN {follow} END",
         f"CREATE TRIGGER {table}_change_counted_on_update AFTER UPDATE ON {table} "
         f"BEGIN {follow} END",
         f"CREATE TRIGGER {table}_tombstones AFTER DELETE ON {table} BEGIN "
         "INSERT OR REPLACE INTO tombstones (user_id, kind, id, change_seq, deleted_at) "
-        f"SELECT OLD.user_id, '{KINDS[table]}', OLD.id, change_seq + 1, {now} "
-        "FROM users WHERE id = OLD.user_id; "
-        "UPDATE users SET change_seq = change_seq + 1 WHERE id = OLD.user_id; END",
+        f"SELECT OLD.user_id, '{KINDS[table]}', OLD.id, coalesce({pending}, change_seq + 1), "
+        f"{now} FROM users WHERE id = OLD.user_id; "
+        "UPDATE users SET change_seq = change_seq + 1 "
+        f"WHERE id = OLD.user_id AND {pending} IS NULL; "
+        "INSERT OR IGNORE INTO change_pending (user_id, seq) "
+        "SELECT id, change_seq FROM users WHERE id = OLD.user_id; END",
     )
 
 
@@ -142,6 +155,12 @@ def _create_tables() -> None:
         sa.PrimaryKeyConstraint("digest", name="pk_event_tickets"),
     )
     op.create_index("ix_event_tickets_expires_at", "event_tickets", ["expires_at"])
+    op.create_table(
+        "change_pending",
+        sa.Column("user_id", sa.String(128), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("user_id", name="pk_change_pending"),
+    )
 
 
 def _columns() -> None:
@@ -208,6 +227,7 @@ def downgrade() -> None:
     if postgresql:
         for function in ("tombstones_left()", "change_stamped()", "change_seq_of(text)"):
             op.execute(f"DROP FUNCTION {function}")
+    op.drop_table("change_pending")
     op.drop_table("event_tickets")
     op.drop_table("tombstones")
     # ALTER TABLE … DROP COLUMN on both (SQLite >= 3.35): a batch copy of `tasks` would drop

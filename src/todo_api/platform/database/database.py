@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -69,7 +69,14 @@ class ConnectionQueue:
 class Database:
     """Where every statement of the app goes through (migrations aside)."""
 
-    def __init__(self, engine: AsyncEngine, *, capacity: int, queue_timeout: float) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        capacity: int,
+        queue_timeout: float,
+        transaction_setup: Sequence[str] = (),
+    ) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._queue = ConnectionQueue(capacity, queue_timeout)
@@ -78,8 +85,11 @@ class Database:
         # may meet another dead one. Each such failure costs no round trip.
         self._lost_connection_attempts = capacity + 1
         self._statement_observers: list[StatementObserver] = []
-        kind = PostgresExecutor if self.dialect == "postgresql" else SqliteExecutor
-        self.executor: Executor = kind(engine, self._observe)
+        self.executor: Executor = (
+            PostgresExecutor(engine, self._observe)
+            if self.dialect == "postgresql"
+            else SqliteExecutor(engine, self._observe, transaction_setup)
+        )
 
     def observe_statements(self, observer: StatementObserver) -> None:
         """Call `observer(sql, seconds)` after every statement (the statement metrics)."""

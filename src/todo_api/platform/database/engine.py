@@ -11,6 +11,7 @@ import itertools
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,11 +77,17 @@ def create_engine(settings: Settings, *, direct: bool = False) -> AsyncEngine:
     return engine
 
 
-def open_database(settings: Settings) -> Database:
-    """The app's database (no connection is made until the first statement)."""
+def open_database(settings: Settings, *, transaction_setup: Sequence[str]) -> Database:
+    """The app's database (no connection is made until the first statement).
+    `transaction_setup`: SQLite, statements that begin every write transaction."""
     engine = create_engine(settings)
     capacity = settings.db_pool_size + settings.db_max_overflow
-    return Database(engine, capacity=capacity, queue_timeout=settings.db_pool_timeout)
+    return Database(
+        engine,
+        capacity=capacity,
+        queue_timeout=settings.db_pool_timeout,
+        transaction_setup=transaction_setup,
+    )
 
 
 def _discard_closed_on_checkout(engine: AsyncEngine) -> None:

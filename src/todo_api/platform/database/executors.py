@@ -325,12 +325,21 @@ _SQLITE_CONSTRAINT = 19
 
 
 class SqliteExecutor:
-    def __init__(self, engine: AsyncEngine, observe: StatementObserver) -> None:
+    """`setup`: statements that begin every write transaction (state that a transaction
+    keeps for itself: SQLite runs one writer at a time). A single write statement then runs
+    in a transaction of its own too."""
+
+    def __init__(
+        self, engine: AsyncEngine, observe: StatementObserver, setup: Sequence[str] = ()
+    ) -> None:
         self._engine = engine
         self._observe = observe
+        self._setup = tuple(sa.text(statement) for statement in setup)
         # SQLAlchemy caches compiled forms itself; nothing to keep here.
 
     async def rows(self, statement: sa.Executable, parameters: Mapping[str, Any]) -> Rows:
+        if self._setup and getattr(statement, "is_dml", False):
+            return await self.transaction(lambda session: session.rows(statement, parameters))
         async with _pooled(self._engine) as connection:
             await connection.execution_options(isolation_level="AUTOCOMMIT")
             return await _SqliteSession(connection, self._observe).rows(statement, parameters)
@@ -346,6 +355,9 @@ class SqliteExecutor:
                 # could be stale by the time it writes. Writers queue here (busy timeout).
                 # A snapshot only reads: a deferred BEGIN, whose reads share one snapshot.
                 await connection.exec_driver_sql("BEGIN" if snapshot else "BEGIN IMMEDIATE")
+                if not snapshot:
+                    for statement in self._setup:
+                        await session.rows(statement)
                 result = await work(session)
                 await connection.commit()
             except exc.SQLAlchemyError as error:
