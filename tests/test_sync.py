@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -866,7 +865,7 @@ async def test_deleted_tasks_do_not_count_against_the_quota(
 # Overrides the `backend` fixture's parameters: these run on PostgreSQL only.
 ONLY_POSTGRESQL = pytest.mark.parametrize("backend", ["postgresql"])
 WRITERS = 8
-WRITE_SECONDS = 2.0
+STEPS_PER_WRITER = 25
 
 
 def assert_strictly_increasing(changes: list[Change], after: int) -> int:
@@ -901,8 +900,7 @@ async def test_concurrent_writers_and_a_syncing_client_agree_with_the_live_state
             client, random.Random(seed + number), True, setup.tasks, setup.lists, setup.labels
         )
         workload.made = number * 1_000_000
-        deadline = time.monotonic() + WRITE_SECONDS
-        while time.monotonic() < deadline:
+        for _ in range(STEPS_PER_WRITER):
             await workload.step()
         return workload.statuses
 
@@ -930,10 +928,10 @@ async def test_concurrent_writers_and_a_syncing_client_agree_with_the_live_state
     assert (final["changes"], final["has_more"]) == ([], False)
     assert_same_state(replica, await live_state(client))
     assert last_seen == await user_seq(engine), statuses
-    # Enough happened for the above to mean something (a few hundred writes when healthy;
-    # writes that wait on each other, e.g. deadlocks, show up here).
+    # Enough happened for the above to mean something: most steps were writes that took
+    # effect (a delete or move may meet a task another writer deleted: 404).
     successes = sum(n for (_, status), n in statuses.items() if status < 300)
-    assert successes >= 100, f"only {successes} writes in {WRITE_SECONDS} s: {statuses}"
+    assert successes >= WRITERS * STEPS_PER_WRITER * 3 // 4, statuses
     assert pages >= 10, pages
 
 

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from todo_api.platform.database.types import UTCDateTime
+from todo_api.tables.changes import change_seq_column
 from todo_api.tables.users import USER_ID_MAX
 
 
@@ -27,6 +28,8 @@ class IdempotencyKey(SQLModel, table=True):
     response_body: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
     created_at: datetime = Field(sa_column=sa.Column(UTCDateTime, nullable=False))
     expires_at: datetime = Field(sa_column=sa.Column(UTCDateTime, nullable=False))
+    # The create's change sequence value (the task's at creation), for its replays.
+    change_seq: int = Field(default=0, sa_column=change_seq_column())
 
 
 # The Core table, for statements (SQLModel does not type `__table__`).

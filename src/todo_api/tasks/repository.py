@@ -557,9 +557,14 @@ def _new_task(
     return NewTask(task, parameters, into_inbox=list_id == inbox_id(user_id))
 
 
-_KEY_COLUMNS = {
+_KEY_COLUMNS: dict[str, sa.ColumnElement[Any]] = {
     name: sa.bindparam(f"key_{name}", type_=idempotency_keys.c[name].type)
     for name in ("user_id", "key", "request_hash", "response_body", "created_at", "expires_at")
+} | {
+    # The create's own value (the claim and the task are one write): a replay reports it.
+    "change_seq": next_change_seq(
+        sa.bindparam("key_user_id", type_=idempotency_keys.c.user_id.type)
+    ),
 }
 _KEY_OWNER = idempotency_keys.c.user_id == sa.bindparam(
     "key_user_id", type_=idempotency_keys.c.user_id.type
@@ -569,9 +574,9 @@ _EXPIRED = idempotency_keys.c.expires_at <= sa.bindparam(
     "key_created_at", type_=idempotency_keys.c.expires_at.type
 )
 _LIVE_KEY = sa.select(idempotency_keys.c.key).where(_KEY_OWNER, _THIS_KEY, sa.not_(_EXPIRED))
-_PREVIOUS = sa.select(idempotency_keys.c.request_hash, idempotency_keys.c.response_body).where(
-    _KEY_OWNER, _THIS_KEY
-)
+_PREVIOUS = sa.select(
+    idempotency_keys.c.request_hash, idempotency_keys.c.response_body, idempotency_keys.c.change_seq
+).where(_KEY_OWNER, _THIS_KEY)
 
 
 @functools.cache
@@ -585,7 +590,7 @@ def _claim(dialect: str, allowed: sa.ColumnElement[bool] | None = None) -> sa.In
     statement = insert(dialect, idempotency_keys).from_select(list(_KEY_COLUMNS), columns)
     takeover = {
         name: getattr(statement.excluded, name)
-        for name in ("request_hash", "response_body", "created_at", "expires_at")
+        for name in ("request_hash", "response_body", "created_at", "expires_at", "change_seq")
     }
     claim: sa.Insert = statement.on_conflict_do_update(
         index_elements=[idempotency_keys.c.user_id, idempotency_keys.c.key],
@@ -750,13 +755,11 @@ async def create_task(
             change_seq = await _change_seq(db, user_id, new.task.id)
         return replace(new.task, change_seq=change_seq), False
     stored = await db.rows(_PREVIOUS, parameters, idempotent=True)
-    request_hash, response_body = stored[0]
+    request_hash, response_body, change_seq = stored[0]
     if request_hash != fingerprint:
         raise IdempotencyKeyReused()
-    # The stored answer was written with the task, before the database chose its change_seq:
-    # a replay reports the task's current one (0 once the task is gone).
-    replayed = TASK_JSON.validate_json(response_body)
-    return replace(replayed, change_seq=await _change_seq(db, user_id, replayed.id)), True
+    # The stored answer was made before the database chose the value; the key's row has it.
+    return replace(TASK_JSON.validate_json(response_body), change_seq=int(change_seq)), True
 
 
 _CHANGE_SEQ = sa.select(tasks.c.change_seq).where(*_OWNED)

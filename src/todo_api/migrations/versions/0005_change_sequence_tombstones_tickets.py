@@ -71,6 +71,12 @@ END $$""",
 )
 
 
+STAMP_IDEMPOTENCY_KEYS = (
+    "CREATE TRIGGER idempotency_keys_change_stamped BEFORE INSERT OR UPDATE ON idempotency_keys "
+    "FOR EACH ROW EXECUTE FUNCTION change_stamped()"
+)
+
+
 def _pg_triggers(table: str) -> tuple[str, str]:
     return (
         f"CREATE TRIGGER {table}_change_stamped BEFORE INSERT OR UPDATE ON {table} "
@@ -167,7 +173,7 @@ def _columns() -> None:
     for name in ("change_seq", "sync_floor"):
         with op.batch_alter_table("users") as batch:
             batch.add_column(sa.Column(name, sa.BigInteger(), server_default="0", nullable=False))
-    for table in KINDS:
+    for table in (*KINDS, "idempotency_keys"):
         with op.batch_alter_table(table) as batch:
             batch.add_column(
                 sa.Column("change_seq", sa.BigInteger(), server_default="0", nullable=False)
@@ -187,6 +193,8 @@ def upgrade() -> None:
         for table in KINDS:
             for statement in _pg_triggers(table) if postgresql else _sqlite_triggers(table):
                 op.execute(statement)
+        if postgresql:  # a keyed create's claim takes the create's value (for its replays)
+            op.execute(STAMP_IDEMPOTENCY_KEYS)
     if not postgresql:
         for name, table in INDEXES.items():
             op.create_index(name, table, ["user_id", "change_seq", "id"])
@@ -225,6 +233,7 @@ def downgrade() -> None:
             for name in _sqlite_trigger_names(table):
                 op.execute(f"DROP TRIGGER {name}")
     if postgresql:
+        op.execute("DROP TRIGGER idempotency_keys_change_stamped ON idempotency_keys")
         for function in ("tombstones_left()", "change_stamped()", "change_seq_of(text)"):
             op.execute(f"DROP FUNCTION {function}")
     op.drop_table("change_pending")
@@ -233,7 +242,7 @@ def downgrade() -> None:
     # ALTER TABLE … DROP COLUMN on both (SQLite >= 3.35): a batch copy of `tasks` would drop
     # migration 0004's triggers with the old table.
     for table, column in (
-        *((table, "change_seq") for table in KINDS),
+        *((table, "change_seq") for table in (*KINDS, "idempotency_keys")),
         ("users", "sync_floor"),
         ("users", "change_seq"),
     ):
