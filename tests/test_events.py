@@ -417,6 +417,18 @@ async def test_writes_on_one_process_reach_a_stream_on_another_within_a_second(
         await delete_task(api, user, task)
         await events.changed(renamed + 1)  # a delete takes the next value too
         await events.quiet(0.3)  # one event per write: nothing twice
+        await quick_writes_are_one_event_each(api, user, events)
+
+
+async def quick_writes_are_one_event_each(
+    client: httpx.AsyncClient, user: str, events: Stream
+) -> None:
+    """Three writes back to back, without waiting for their events: one event each, in order
+    (only an overflowing queue may coalesce)."""
+    seqs = [(await create_task(client, user))["change_seq"] for _ in range(3)]
+    for seq in seqs:
+        await events.changed(seq)
+    await events.quiet(0.2)
 
 
 async def test_a_lost_listener_connection_is_a_resync_then_events_flow_again(
@@ -710,3 +722,4 @@ async def test_on_sqlite_a_stream_receives_the_changes_of_its_process(
         await delete_task(api, user, task)
         await events.changed(renamed + 1)
         await events.quiet(0.3)
+        await quick_writes_are_one_event_each(api, user, events)

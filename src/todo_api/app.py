@@ -32,7 +32,7 @@ from todo_api.platform.observability.middleware import Observability
 from todo_api.settings import Settings, load_settings
 from todo_api.sync import router as sync
 from todo_api.sync.live import close_streams_on_signals, events_hub, purge_periodically
-from todo_api.tables.changes import TRANSACTION_SETUP
+from todo_api.tables.changes import TRANSACTION_REPORT, TRANSACTION_SETUP
 from todo_api.tasks import router as tasks
 from todo_api.tasks.schemas import READ_ONLY_FIELDS as TASK_READ_ONLY_FIELDS
 from todo_api.users import router as users
@@ -62,7 +62,9 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
             log.info(
                 "transaction-mode pooler: prepared statements are not reused (about 6%% slower)"
             )
-        database = open_database(settings, transaction_setup=TRANSACTION_SETUP)
+        database = open_database(
+            settings, transaction_setup=TRANSACTION_SETUP, transaction_report=TRANSACTION_REPORT
+        )
         try:
             revision = await migrate.prepare_database(settings, database.engine)
         except Exception:

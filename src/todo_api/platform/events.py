@@ -8,7 +8,8 @@ listening connection would keep the compute awake). Sources:
   connection until TCP gives up (asyncpg#519), so it is probed; when it is lost it reconnects
   with backoff and, once listening again, tells every subscriber to resync (notifications sent
   meanwhile were lost: NOTIFY replays nothing).
-- `Poller`: asks a callable for the keys' current sequences (SQLite: one process, no NOTIFY).
+- `Pushed`: the notifications are published by the process itself (SQLite: one process, whose
+  database reports each committed write).
 
 A subscriber's queue is bounded: one that does not keep up gets a single `Resync` instead of
 its backlog, and publishing never waits, so a slow client cannot slow down anyone else.
@@ -21,7 +22,7 @@ import contextlib
 import contextvars
 import logging
 import random
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -231,35 +232,9 @@ class PostgresListener:
         raise ConnectionError("the listening connection was closed")
 
 
-class Poller:
-    """`current(keys)` -> each key's sequence, asked every `interval` seconds; a key whose
-    sequence moved is published."""
-
-    def __init__(
-        self,
-        current: Callable[[Collection[str]], Awaitable[Mapping[str, int]]],
-        *,
-        interval: float = 0.1,
-    ) -> None:
-        self._current = current
-        self._interval = interval
+class Pushed:
+    """A source that only waits: someone else calls `hub.publish` (SQLite: the database's
+    commit observer, in this process)."""
 
     async def run(self, hub: Hub) -> None:
-        seen: dict[str, int] = {}
-        while True:
-            keys = list(hub.keys)
-            try:
-                current = await self._current(keys) if keys else {}
-            except Exception as error:  # a database hiccup: try again next round
-                log.warning("events poller: %s", error)
-                current = {}
-            for key, seq in current.items():
-                # A key seen for the first time is published too: a stream drops what it
-                # already knows (its sequence at connect), so nothing between is missed.
-                if seq > seen.get(key, -1):
-                    hub.publish(key, seq)
-                seen[key] = seq
-            for key in list(seen):
-                if key not in current and key not in hub.keys:
-                    del seen[key]
-            await asyncio.sleep(self._interval)
+        await asyncio.Event().wait()

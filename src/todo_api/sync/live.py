@@ -14,8 +14,9 @@ from types import FrameType
 
 from todo_api.platform.database.database import Database
 from todo_api.platform.database.engine import connect_direct
+from todo_api.platform.database.executors import Rows
 from todo_api.platform.database.types import utcnow
-from todo_api.platform.events import LISTENER_APPLICATION_NAME, Hub, Poller, PostgresListener
+from todo_api.platform.events import LISTENER_APPLICATION_NAME, Hub, PostgresListener, Pushed
 from todo_api.settings import Settings
 from todo_api.sync import repository
 from todo_api.tables.changes import CHANNEL
@@ -28,20 +29,27 @@ FIRST_PURGE_SECONDS = 5.0
 
 def events_hub(settings: Settings, database: Database) -> Hub:
     """PostgreSQL: NOTIFY (sent by the write's own transaction) heard on one LISTEN
-    connection per process; SQLite: one process, whose users' sequences are polled."""
-    if database.dialect == "postgresql":
-        source: PostgresListener | Poller = PostgresListener(
-            lambda: connect_direct(settings, application_name=LISTENER_APPLICATION_NAME),
-            CHANNEL,
-            probe_seconds=settings.events_probe_seconds,
-        )
-    else:
-        source = Poller(lambda keys: repository.current_sequences(database, keys))
-    return Hub(
+    connection per process; SQLite: one process, whose database reports each committed write
+    transaction (user, change_seq) to the hub."""
+    source: PostgresListener | Pushed = PostgresListener(
+        lambda: connect_direct(settings, application_name=LISTENER_APPLICATION_NAME),
+        CHANNEL,
+        probe_seconds=settings.events_probe_seconds,
+    )
+    if database.dialect != "postgresql":
+        source = Pushed()
+    hub = Hub(
         source,
         max_per_key=settings.events_max_streams_per_user,
         idle_seconds=settings.events_listener_idle_seconds,
     )
+
+    def committed(rows: Rows) -> None:
+        for user_id, seq in rows:
+            hub.publish(str(user_id), int(seq))
+
+    database.observe_commits(committed)
+    return hub
 
 
 async def purge_periodically(settings: Settings, database: Database) -> None:

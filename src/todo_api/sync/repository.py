@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -232,9 +231,3 @@ async def current_sequence(db: Database, user_id: str) -> int:
     """The user's change_seq (0 for a user not created yet)."""
     rows = await db.rows(_SEQUENCE, {"owner_id": user_id}, idempotent=True)
     return int(rows[0][0]) if rows else 0
-
-
-async def current_sequences(db: Database, user_ids: Collection[str]) -> Mapping[str, int]:
-    """Each user's change_seq: the SQLite events poller's question (a few users, one
-    process)."""
-    return {user_id: await current_sequence(db, user_id) for user_id in user_ids}

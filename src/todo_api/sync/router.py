@@ -8,6 +8,7 @@ reached), so a lost event costs nothing: the client fetches `/sync` on each even
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -127,16 +128,24 @@ async def authorize_stream(
     return Principal(user_id=holder)
 
 
+@dataclass(frozen=True)
+class Stream:
+    subscription: Subscription
+    at: int  # the user's change_seq when the stream began
+
+
 async def subscribed(
-    request: Request, owner: Annotated[Principal, Depends(authorize_stream)]
-) -> AsyncIterator[Subscription]:
+    request: Request, owner: Annotated[Principal, Depends(authorize_stream)], db: DatabaseDep
+) -> AsyncIterator[Stream]:
     hub: Hub = request.app.state.events
     try:
         subscription = hub.subscribe(owner.user_id)
     except TooManySubscribers as error:
         raise TooManyStreams(str(error)) from None
     try:
-        yield subscription
+        # Read once subscribed and before the response starts: a later change is published
+        # to this stream, and an earlier one is in what the client's sync on `open` sees.
+        yield Stream(subscription, await repository.current_sequence(db, owner.user_id))
     finally:
         subscription.close()
 
@@ -156,15 +165,13 @@ def _changed(seq: int) -> ServerSentEvent:
     responses=responses(422, 429, 503),
 )
 async def events(
-    subscription: Annotated[Subscription, Depends(subscribed)],
-    db: DatabaseDep,
+    stream: Annotated[Stream, Depends(subscribed)],
     last_event_id: Annotated[
         str | None, Header(description="The last `id` received (sent by EventSource)")
     ] = None,
 ) -> AsyncIterable[ServerSentEvent]:
     yield ServerSentEvent(retry=RETRY_MILLISECONDS, comment="connected")
-    # Read after subscribing: a change from now on is either in this number or published.
-    sent = await repository.current_sequence(db, subscription.key)
+    subscription, sent = stream.subscription, stream.at
     known = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
     if known is not None and known < sent:
         yield _changed(sent)

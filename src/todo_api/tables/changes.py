@@ -68,8 +68,10 @@ def _next_sqlite(element: next_change_seq, compiler: Any, **kw: Any) -> str:
     )
 
 
-# SQLite: run first in every write transaction (see change_pending).
+# SQLite: run first in every write transaction (see change_pending), and last: what the
+# transaction changed, per user (its events, once it has committed).
 TRANSACTION_SETUP = ("DELETE FROM change_pending",)
+TRANSACTION_REPORT = "SELECT user_id, seq FROM change_pending"
 
 
 def stamped(table: sa.Table) -> dict[str, sa.ColumnElement[Any]]:

@@ -76,6 +76,7 @@ class Database:
         capacity: int,
         queue_timeout: float,
         transaction_setup: Sequence[str] = (),
+        transaction_report: str | None = None,
     ) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
@@ -88,8 +89,17 @@ class Database:
         self.executor: Executor = (
             PostgresExecutor(engine, self._observe)
             if self.dialect == "postgresql"
-            else SqliteExecutor(engine, self._observe, transaction_setup)
+            else SqliteExecutor(engine, self._observe, transaction_setup, transaction_report)
         )
+
+    def observe_commits(self, observer: Callable[[Rows], None]) -> bool:
+        """SQLite: call `observer(rows of transaction_report)` after each write transaction
+        commits (one process: an in-process fan-out). False on PostgreSQL, where writes
+        announce themselves (NOTIFY)."""
+        if not isinstance(self.executor, SqliteExecutor):
+            return False
+        self.executor.committed.append(observer)
+        return True
 
     def observe_statements(self, observer: StatementObserver) -> None:
         """Call `observer(sql, seconds)` after every statement (the statement metrics)."""

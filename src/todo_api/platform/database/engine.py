@@ -77,9 +77,12 @@ def create_engine(settings: Settings, *, direct: bool = False) -> AsyncEngine:
     return engine
 
 
-def open_database(settings: Settings, *, transaction_setup: Sequence[str]) -> Database:
-    """The app's database (no connection is made until the first statement).
-    `transaction_setup`: SQLite, statements that begin every write transaction."""
+def open_database(
+    settings: Settings, *, transaction_setup: Sequence[str], transaction_report: str | None = None
+) -> Database:
+    """The app's database (no connection is made until the first statement). SQLite:
+    `transaction_setup` begins every write transaction, `transaction_report` ends it (its rows
+    go to `Database.observe_commits`)."""
     engine = create_engine(settings)
     capacity = settings.db_pool_size + settings.db_max_overflow
     return Database(
@@ -87,6 +90,7 @@ def open_database(settings: Settings, *, transaction_setup: Sequence[str]) -> Da
         capacity=capacity,
         queue_timeout=settings.db_pool_timeout,
         transaction_setup=transaction_setup,
+        transaction_report=transaction_report,
     )
 
 

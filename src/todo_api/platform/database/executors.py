@@ -327,14 +327,21 @@ _SQLITE_CONSTRAINT = 19
 class SqliteExecutor:
     """`setup`: statements that begin every write transaction (state that a transaction
     keeps for itself: SQLite runs one writer at a time). A single write statement then runs
-    in a transaction of its own too."""
+    in a transaction of its own too. `report`: a query run last in every write transaction,
+    whose rows go to each of `committed` once the transaction has committed."""
 
     def __init__(
-        self, engine: AsyncEngine, observe: StatementObserver, setup: Sequence[str] = ()
+        self,
+        engine: AsyncEngine,
+        observe: StatementObserver,
+        setup: Sequence[str] = (),
+        report: str | None = None,
     ) -> None:
         self._engine = engine
         self._observe = observe
         self._setup = tuple(sa.text(statement) for statement in setup)
+        self._report = sa.text(report) if report is not None else None
+        self.committed: list[Callable[[Rows], None]] = []
         # SQLAlchemy caches compiled forms itself; nothing to keep here.
 
     async def rows(self, statement: sa.Executable, parameters: Mapping[str, Any]) -> Rows:
@@ -359,9 +366,16 @@ class SqliteExecutor:
                     for statement in self._setup:
                         await session.rows(statement)
                 result = await work(session)
+                report = (
+                    await session.rows(self._report)
+                    if self._report is not None and not snapshot
+                    else []
+                )
                 await connection.commit()
             except exc.SQLAlchemyError as error:
                 raise _sqlite_error(error) from error
+            for observer in self.committed:
+                observer(report)
             return result
 
 
