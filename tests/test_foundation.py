@@ -229,11 +229,14 @@ async def test_listing_statements_are_bounded_by_sorts_and_cursors_not_filters(
     assert len(shapes) == len(TaskSortField) * 2 * 2 + nullable_sorts * 2
     assert combinations == 3 * 2 * 2 * 2 * len(ALLOWED_SORTS)
     # Cursors after a NULL key need open tasks at a page end: a subset of the shapes is seen,
-    # never more than them.
-    assert len(TaskSortField) * 2 * 2 <= len(seen) <= len(shapes) + 1
+    # never more than them. (The tombstone purge may run meanwhile, in the background: its
+    # statements, which read no task, are not the listing's.)
+    listing = {sql for sql in seen if sql.lstrip().startswith("SELECT") and "FROM tasks" in sql}
+    assert len(TaskSortField) * 2 * 2 <= len(listing) <= len(shapes) + 1
     if database.dialect == "postgresql":
         compiled = database.executor.statements  # type: ignore[attr-defined]
-        assert len(compiled) <= len(shapes) + 1 + 4  # + the creates and the user provisioning
+        # + the creates and the user provisioning (4), and the purge's statements (4)
+        assert len(compiled) <= len(shapes) + 1 + 4 + 4
 
 
 # --- fields declared once ------------------------------------------------------------------------
