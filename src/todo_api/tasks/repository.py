@@ -1005,11 +1005,10 @@ async def delete_tasks(db: Database, *, user_id: str, completed: bool) -> int:
 
 # --- move ---------------------------------------------------------------------------------------
 
-# Locked first (the task, then the list, then the user's counter: the order of every write
-# of an existing task), so a concurrent delete waits instead of vanishing mid-move.
-_CURRENT = (
-    sa.select(tasks.c.list_id, tasks.c.version).where(*_OWNED).with_for_update(key_share=True)
-)
+# Not locked: a move locks the destination list first (moves into it take turns), and a
+# rebalance then updates its siblings; a task row locked earlier could deadlock with that.
+# A task deleted meanwhile makes the UPDATE find nothing: 404.
+_CURRENT = sa.select(tasks.c.list_id, tasks.c.version).where(*_OWNED)
 _PLACE = (
     sa.update(tasks)
     .where(*_OWNED)
@@ -1059,7 +1058,7 @@ async def move_task(
         )  # fmt: skip
         parameters = owned | {"new_list_id": destination, "position": position, "now": now}
         task = _one_task(await session.rows(_PLACE, parameters))
-        if task is None:  # cannot happen: the row is locked since the first read
+        if task is None:  # deleted since it was read
             raise TaskNotFound(task_id)
         return task
 
