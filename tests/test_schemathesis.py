@@ -134,7 +134,7 @@ def schemathesis(
     exclusions = ["--exclude-checks", ",".join(exclude)] if exclude else []
     result = subprocess.run(
         [executable, *config_options, "run", f"{base_url}/openapi.json", *header_options,
-         "--checks", "all", *exclusions, "--phases", ",".join(PHASES), "--max-examples", "30",
+         "--checks", "all", *exclusions, "--phases", ",".join(PHASES), "--max-examples", "15",
          # The events stream never ends by itself: tests/test_events.py drives it.
          "--exclude-operation-id", "sync-events",
          "--workers", "2", "--no-color", "--output-sanitize", "false",
