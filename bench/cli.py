@@ -87,7 +87,8 @@ class Plan:
     def from_args(cls, args: argparse.Namespace) -> Plan:
         smoke: bool = args.smoke
         latency: bool = args.latency
-        short = 2.0 if smoke else (5.0 if latency else 12.0)
+        # smoke: 1 s runs, enough to prove every scenario answers (CI's 15-minute budget)
+        short = 1.0 if smoke else (5.0 if latency else 12.0)
         seconds = args.duration if args.duration is not None else short
         if smoke:
             mode = "smoke"
@@ -104,11 +105,11 @@ class Plan:
             seconds=seconds,
             rounds=args.rounds if args.rounds is not None else (1 if smoke or latency else 2),
             # latency: the warm-up before every measured run (same scenario and connections)
-            warmup=1.0 if smoke or latency else 3.0,
+            warmup=0.5 if smoke else (1.0 if latency else 3.0),
             memory_seconds=(
                 args.memory_duration
                 if args.memory_duration is not None
-                else (2.0 if smoke else 60.0)
+                else (1.0 if smoke else 60.0)
             ),
             startup_samples=1 if smoke else 3,
             connections=args.connections,
@@ -125,7 +126,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny data, short runs (CI)")
     parser.add_argument("--large", action="store_true", help="also 1,000,000 tasks + list-deep")
-    parser.add_argument("--duration", type=float, help="seconds per wrk run (default 12; smoke 2)")
+    parser.add_argument("--duration", type=float, help="seconds per wrk run (default 12; smoke 1)")
     parser.add_argument("--rounds", type=int, help="runs per scenario per server (default 2)")
     parser.add_argument(
         "--memory-duration", type=float, help="seconds of each of the two mixed RSS runs (60)"

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pgbouncer import PgBouncer, find_pgbouncer
@@ -95,18 +96,37 @@ def backend(request: pytest.FixtureRequest) -> str:
 def database_url(backend: str, request: pytest.FixtureRequest) -> str:
     """The migrated database of this backend, emptied before the test."""
     url: str = request.getfixturevalue(f"{backend}_server_url")
-    asyncio.run(_empty(settings_for(url, **BACKEND_SETTINGS.get(backend, {}))))
+    # Straight through the drivers, not an engine: this runs before each of ~3,500 tests.
+    # PgBouncer's database is the PostgreSQL one behind it.
+    _empty(url if backend == "sqlite" else request.getfixturevalue("postgresql_server_url"))
     return url
 
 
-async def _empty(settings: Settings) -> None:
-    engine = create_engine(settings)
+EMPTY = ("DELETE FROM tasks", "DELETE FROM users")  # users: every other row is a user's
+
+
+def _empty(url: str) -> None:
+    if url.startswith("sqlite"):
+        connection = sqlite3.connect(make_url(url).database or "")
+        try:
+            connection.execute("PRAGMA foreign_keys = ON")
+            with connection:  # one transaction, committed
+                for statement in EMPTY:
+                    connection.execute(statement)
+        finally:
+            connection.close()
+    else:
+        asyncio.run(_empty_postgresql(make_url(url).set(drivername="postgresql")))
+
+
+async def _empty_postgresql(url: URL) -> None:
+    connection = await asyncpg.connect(url.render_as_string(hide_password=False))
     try:
-        async with engine.begin() as connection:
-            await connection.execute(sa.text("DELETE FROM tasks"))
-            await connection.execute(sa.text("DELETE FROM users"))
+        async with connection.transaction():
+            for statement in EMPTY:
+                await connection.execute(statement)
     finally:
-        await engine.dispose()
+        await connection.close()
 
 
 @pytest.fixture
