@@ -155,12 +155,15 @@ def project_root() -> Path:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run through PgBouncer only the modules marked `through_pooler`: together they cover
-    every endpoint, and running the whole hostile-input corpus a third time adds nothing."""
+    every endpoint, and running the whole hostile-input corpus a third time adds nothing.
+    Tests marked `request_layer` (input refused before any SQL runs) run on SQLite only."""
     kept, dropped = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        pooled = callspec is not None and callspec.params.get("backend") == "pgbouncer"
-        if pooled and item.get_closest_marker("through_pooler") is None:
+        backend = callspec.params.get("backend") if callspec is not None else None
+        pooled = backend == "pgbouncer" and item.get_closest_marker("through_pooler") is None
+        layered = backend == "postgresql" and item.get_closest_marker("request_layer")
+        if pooled or layered:
             dropped.append(item)
         else:
             kept.append(item)

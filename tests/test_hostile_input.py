@@ -79,6 +79,7 @@ def text_body(field: str, json_string: str) -> bytes:
 @pytest.mark.parametrize(("method", "suffix"), TEXT_TARGETS)
 @pytest.mark.parametrize("field", ["title", "description"])
 @pytest.mark.parametrize("text", ["\\u0000", "a\\u0000b", "abc\\u0000"], ids=["only", "mid", "end"])
+@pytest.mark.request_layer
 async def test_nul_character_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, method: str, suffix: str, field: str, text: str
 ) -> None:
@@ -95,6 +96,7 @@ async def test_nul_character_is_rejected(
     ["\\ud800", "\\udfff", "a\\ud83db", "\\ude00\\ud83d"],
     ids=["high", "low", "high-then-text", "reversed-pair"],
 )
+@pytest.mark.request_layer
 async def test_lone_surrogate_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, method: str, suffix: str, field: str, text: str
 ) -> None:
@@ -105,6 +107,7 @@ async def test_lone_surrogate_is_rejected(
 
 
 @pytest.mark.parametrize(("method", "suffix"), BODY_TARGETS)
+@pytest.mark.request_layer
 async def test_lone_surrogate_in_a_field_name_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, method: str, suffix: str
 ) -> None:
@@ -125,6 +128,7 @@ async def test_lone_surrogate_in_a_field_name_is_rejected(
         pytest.param(b'{"title":"x", "completed": true}\x80', id="trailing-byte"),
     ],
 )
+@pytest.mark.request_layer
 async def test_invalid_utf8_body_is_bad_request(
     client: httpx.AsyncClient, engine: AsyncEngine, method: str, suffix: str, content: bytes
 ) -> None:
@@ -147,6 +151,7 @@ async def test_invalid_utf8_body_is_bad_request(
         pytest.param(b"title=x", id="form-encoded"),
     ],
 )
+@pytest.mark.request_layer
 async def test_invalid_json_is_bad_request(
     client: httpx.AsyncClient, engine: AsyncEngine, method: str, suffix: str, content: bytes
 ) -> None:
@@ -160,6 +165,7 @@ NUMBER_LITERALS = ["NaN", "-Infinity", "1e999", "1" * 30]
 @pytest.mark.parametrize(("method", "suffix"), TEXT_TARGETS)
 @pytest.mark.parametrize("field", ["title", "description"])
 @pytest.mark.parametrize("literal", NUMBER_LITERALS)
+@pytest.mark.request_layer
 async def test_number_where_a_string_belongs_is_rejected(
     client: httpx.AsyncClient,
     engine: AsyncEngine,
@@ -191,6 +197,7 @@ DEPTH = 10_000
         pytest.param(b'{"title":"x","completed":' + b"1" * 5000 + b"}", id="5000-digit-number"),
     ],
 )
+@pytest.mark.request_layer
 async def test_json_beyond_parser_limits_is_bad_request(
     client: httpx.AsyncClient, engine: AsyncEngine, method: str, suffix: str, content: bytes
 ) -> None:
@@ -212,6 +219,7 @@ async def chunks(data: bytes, size: int = 8192) -> AsyncIterator[bytes]:
 
 
 @pytest.mark.parametrize(("method", "suffix"), BODY_TARGETS)
+@pytest.mark.request_layer
 async def test_ten_megabyte_body_is_refused(
     client: httpx.AsyncClient, engine: AsyncEngine, method: str, suffix: str
 ) -> None:
@@ -222,6 +230,7 @@ async def test_ten_megabyte_body_is_refused(
 
 @pytest.mark.parametrize(("method", "suffix"), BODY_TARGETS)
 @pytest.mark.parametrize("extra", [1, 10 * MiB], ids=["one-byte-over", "ten-megabytes-over"])
+@pytest.mark.request_layer
 async def test_chunked_body_over_the_limit_without_content_length_is_refused(
     client: httpx.AsyncClient,
     engine: AsyncEngine,
@@ -256,6 +265,7 @@ async def test_body_of_exactly_the_limit_is_accepted(
     assert await count_rows(engine) == 2
 
 
+@pytest.mark.request_layer
 async def test_body_one_byte_over_the_limit_is_refused(
     client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings
 ) -> None:
@@ -316,6 +326,7 @@ async def test_ten_megabyte_body_on_a_bulk_delete_is_refused_and_deletes_nothing
         None,
     ],
 )
+@pytest.mark.request_layer
 async def test_body_that_is_not_declared_as_json_is_refused(
     client: httpx.AsyncClient,
     engine: AsyncEngine,
@@ -330,6 +341,7 @@ async def test_body_that_is_not_declared_as_json_is_refused(
 
 @pytest.mark.parametrize(("method", "suffix"), TEXT_TARGETS)
 @pytest.mark.parametrize("headers", [JSON, None], ids=["json", "no-content-type"])
+@pytest.mark.request_layer
 async def test_empty_body_is_rejected_where_one_is_required(
     client: httpx.AsyncClient,
     engine: AsyncEngine,
@@ -467,6 +479,7 @@ async def test_sql_or_wildcards_as_task_id_are_rejected(
         "/api/alice/..%2Fbob/tasks",
     ],
 )
+@pytest.mark.request_layer
 async def test_path_traversal_finds_no_route(
     client: httpx.AsyncClient, engine: AsyncEngine, path: str
 ) -> None:
@@ -493,6 +506,7 @@ async def test_path_traversal_finds_no_route(
         ("PATCH", "/{task}/complete"),
     ],
 )
+@pytest.mark.request_layer
 async def test_empty_user_id_finds_no_route(
     client: httpx.AsyncClient, engine: AsyncEngine, method: str, suffix: str
 ) -> None:
@@ -519,6 +533,7 @@ INVALID_UTF8_IN_URL = [
 
 
 @pytest.mark.parametrize("user", INVALID_UTF8_IN_URL)
+@pytest.mark.request_layer
 async def test_invalid_utf8_in_the_user_id_is_bad_request(
     client: httpx.AsyncClient, engine: AsyncEngine, user: str
 ) -> None:
@@ -531,6 +546,7 @@ async def test_invalid_utf8_in_the_user_id_is_bad_request(
 
 
 @pytest.mark.parametrize("q", INVALID_UTF8_IN_URL)
+@pytest.mark.request_layer
 async def test_invalid_utf8_in_the_search_is_bad_request(
     client: httpx.AsyncClient, engine: AsyncEngine, q: str
 ) -> None:
@@ -558,6 +574,7 @@ async def test_sql_and_paths_as_search_terms_match_only_literally(
 
 
 @pytest.mark.parametrize("limit", ["1; DROP TABLE tasks", "1 OR 1=1", "' OR '1'='1", "1e3"])
+@pytest.mark.request_layer
 async def test_sql_as_limit_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, limit: str
 ) -> None:
@@ -609,6 +626,7 @@ GARBAGE_CURSORS = [
 
 
 @pytest.mark.parametrize("cursor", GARBAGE_CURSORS)
+@pytest.mark.request_layer
 async def test_garbage_cursor_is_bad_request(
     client: httpx.AsyncClient, engine: AsyncEngine, cursor: str
 ) -> None:
@@ -757,6 +775,7 @@ SOME_ID = "0b6a2f4e-8a1b-4c1d-9e2f-3a4b5c6d7e8f"
         "/api/alice/tasks/x/y/z",
     ],
 )
+@pytest.mark.request_layer
 async def test_unknown_route_is_404_problem(
     client: httpx.AsyncClient, engine: AsyncEngine, method: str, path: str
 ) -> None:
@@ -782,6 +801,7 @@ METHOD_NOT_ALLOWED = [
 
 
 @pytest.mark.parametrize(("method", "suffix"), METHOD_NOT_ALLOWED)
+@pytest.mark.request_layer
 async def test_wrong_method_is_405_problem(
     client: httpx.AsyncClient, engine: AsyncEngine, method: str, suffix: str
 ) -> None:
@@ -807,6 +827,7 @@ SUPPORTED_METHODS = {
 
 
 @pytest.mark.parametrize(("method", "suffix"), METHOD_NOT_ALLOWED)
+@pytest.mark.request_layer
 async def test_405_allow_header_lists_every_supported_method(
     client: httpx.AsyncClient, method: str, suffix: str
 ) -> None:
@@ -989,6 +1010,7 @@ BAD_ZONES = [
 
 
 @pytest.mark.parametrize(("write", "value"), spread(BAD_DATES, WRITE_IDS))
+@pytest.mark.request_layer
 async def test_impossible_due_date_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, value: Any
 ) -> None:
@@ -1000,6 +1022,7 @@ async def test_impossible_due_date_is_rejected(
 
 
 @pytest.mark.parametrize(("write", "value"), spread(BAD_TIMES, WRITE_IDS))
+@pytest.mark.request_layer
 async def test_impossible_due_time_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, value: Any
 ) -> None:
@@ -1011,6 +1034,7 @@ async def test_impossible_due_time_is_rejected(
 
 
 @pytest.mark.parametrize(("write", "value"), spread(BAD_ZONES, WRITE_IDS, everywhere=1))
+@pytest.mark.request_layer
 async def test_due_zone_that_is_not_an_iana_name_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, value: Any
 ) -> None:
@@ -1032,6 +1056,7 @@ MALFORMED_DUES = [
 
 
 @pytest.mark.parametrize(("write", "due"), spread(MALFORMED_DUES, WRITE_IDS, everywhere=1))
+@pytest.mark.request_layer
 async def test_malformed_due_object_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, due: Any
 ) -> None:
@@ -1094,6 +1119,7 @@ BAD_PRIORITIES = [1, 4, "HIGH", None, 0, -1, 2.5, True, "High", "urgent", "p1", 
 
 
 @pytest.mark.parametrize(("write", "value"), spread(BAD_PRIORITIES, WRITE_IDS, everywhere=1))
+@pytest.mark.request_layer
 async def test_priority_that_is_not_a_name_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, value: Any
 ) -> None:
@@ -1114,6 +1140,7 @@ async def test_priority_that_is_not_a_name_is_rejected(
 
 
 @pytest.mark.parametrize("value", BAD_PRIORITIES[:8], ids=repr)
+@pytest.mark.request_layer
 async def test_priority_filter_that_is_not_a_name_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, world: World, value: Any
 ) -> None:

@@ -221,7 +221,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     assert_every_phase_ran(run)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+# PostgreSQL only (CI budget): ownership is the same `user_id =` in every statement on both.
+@pytest.mark.parametrize("backend", ["postgresql"])
 async def test_schemathesis_as_alice_never_sees_another_users_task(
     database_url: str, engine: AsyncEngine, tmp_path: Path
 ) -> None:
