@@ -22,7 +22,7 @@ import contextlib
 import contextvars
 import logging
 import random
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -95,10 +95,6 @@ class Hub:
         self._running: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._closed = False
-
-    @property
-    def keys(self) -> Collection[str]:
-        return self._subscribers.keys()
 
     @property
     def listening(self) -> bool:

@@ -34,8 +34,6 @@ from sqlmodel import Field, SQLModel
 from todo_api.platform.database.types import UTCDateTime
 from todo_api.tables.users import USER_ID_MAX
 
-# The kinds of resource the feed carries; also `tombstones.kind`.
-KINDS = ("label", "list", "task")
 # NOTIFY channel of committed changes: payload "<change_seq> <user_id>".
 CHANNEL = "todo_api_changes"
 
