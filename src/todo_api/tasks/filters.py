@@ -9,8 +9,10 @@ branches that cannot apply.
 Due filters are evaluated in a zone (the user's, or `tz=`): "today" is that zone's date, so an
 all-day task due today is not overdue before the zone's midnight. The exact test for a fixed
 due compares its instant; all-day and floating dues compare their local date and time. Each
-also has a range on `due_sort` (the wall time) two days wider than the window, which the
-`(user_id, due_sort)` index serves: a local date is never more than a day from UTC's.
+also has a coarse range on `due_sort` (the due's wall time in its own zone), which the
+`(user_id, due_sort)` index serves. Two zones' wall clocks are up to 26 hours apart
+(Pacific/Kiritimati is UTC+14, Etc/GMT+12 is UTC-12), so the range reaches two days before the
+window and two days past its end.
 """
 
 from __future__ import annotations
@@ -228,7 +230,10 @@ def overdue_parameters(
     today = local_now.date()
     return {
         f"{prefix}_now": now,
-        f"{prefix}_high": _wall(today + timedelta(days=2)),
+        # Past due means before now, and now's wall clock in the due's zone can be 26 hours
+        # ahead of the user's: up to 02:00 two days after today. A bound of +2 days missed
+        # such dues during the user's last two hours of the day.
+        f"{prefix}_high": _wall(today + timedelta(days=3)),
         f"{prefix}_today": today,
         # The local wall clock, labelled UTC like due_sort.
         f"{prefix}_local_now": local_now.replace(tzinfo=UTC),
