@@ -40,6 +40,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from support import CHROMIUM_FLAGS, Server, admin_dsn, assert_problem, served
+from todo_api.tables.changes import CHANNEL
 
 SECRET = "events-stream-secret-" + "0123456789abcdef" * 2
 LISTENER = "todo-api-listener"  # application_name of each process's LISTEN connection
@@ -454,6 +455,73 @@ async def test_a_lost_listener_connection_is_a_resync_then_events_flow_again(
         assert reconnected and not set(reconnected) & set(killed), (killed, reconnected)
 
 
+@asynccontextmanager
+async def notifications(database: str) -> AsyncIterator[list[str]]:
+    """Every NOTIFY payload on the changes channel of `database` while the block runs."""
+    heard: list[str] = []
+    connection = await asyncpg.connect(admin_dsn(database), timeout=10)
+    try:
+        await connection.add_listener(CHANNEL, lambda *args: heard.append(str(args[-1])))
+        yield heard
+    finally:
+        await connection.close()
+
+
+async def watches_of(database: str, user: str) -> list[bool]:
+    """Whether each process's watch of `user` is live."""
+    connection = await asyncpg.connect(admin_dsn(database), timeout=10)
+    try:
+        rows = await connection.fetch(
+            "SELECT expires_at > now() AS live FROM event_watches WHERE user_id = $1", user
+        )
+    finally:
+        await connection.close()
+    return [bool(row["live"]) for row in rows]
+
+
+async def test_only_writes_of_users_with_a_stream_somewhere_send_a_notify(
+    pair: tuple[Server, Server], postgres: Postgres
+) -> None:
+    # Each NOTIFY makes commits take a database-wide lock in turn: a write sends one only
+    # while some process streams its user (its watch is live).
+    a, b = pair
+    watched, unwatched = new_user("kim"), new_user("lou")
+    async with (
+        notifications(postgres.database) as heard,
+        api_client(a, watched) as api,
+        api_client(a, unwatched) as other,
+    ):
+        async with stream(b, watched, headers=bearer(watched)) as events:
+            await events.connected()
+            assert await watches_of(postgres.database, watched) == [True]
+            seen = await create_task(api, watched)
+            unseen = await create_task(other, unwatched)
+            await events.changed(seen["change_seq"])
+        await asyncio.sleep(0.2)  # the test's own LISTEN has heard whatever was sent
+        assert f"{seen['change_seq']} {watched}" in heard, heard
+        assert f"{unseen['change_seq']} {unwatched}" not in heard, heard
+        assert not [payload for payload in heard if payload.endswith(f" {unwatched}")], heard
+        assert await watches_of(postgres.database, unwatched) == []
+
+        # The stream ended; its watch outlives it (WATCH_SECONDS, refreshed while streams
+        # last) and, once expired, the user's writes are silent again.
+        await expire_watches(postgres.database, watched)
+        late = await create_task(api, watched)
+        await asyncio.sleep(0.2)
+        assert f"{late['change_seq']} {watched}" not in heard, heard
+
+
+async def expire_watches(database: str, user: str) -> None:
+    connection = await asyncpg.connect(admin_dsn(database), timeout=10)
+    try:
+        await connection.execute(
+            "UPDATE event_watches SET expires_at = now() - interval '1 second' WHERE user_id = $1",
+            user,
+        )
+    finally:
+        await connection.close()
+
+
 async def test_a_reconnect_behind_the_current_sequence_gets_the_current_one_at_once(
     pair: tuple[Server, Server],
 ) -> None:
@@ -593,7 +661,7 @@ def lone_server(postgres: Postgres, tmp_path: Path) -> Iterator[Server]:
 
 
 async def test_sigterm_closes_open_streams_and_the_process_exits_promptly(
-    lone_server: Server,
+    lone_server: Server, postgres: Postgres
 ) -> None:
     user, other = new_user("ivo"), new_user("jay")
     async with (
@@ -620,6 +688,9 @@ async def test_sigterm_closes_open_streams_and_the_process_exits_promptly(
     assert stopped_in < 3, (
         f"exit {stopped_in:.2f} s after SIGTERM (SHUTDOWN_TIMEOUT {SHUTDOWN_TIMEOUT})"
     )
+    # It took its watches with it: writes of its streams' users stop sending NOTIFY now.
+    assert await watches_of(postgres.database, user) == []
+    assert await watches_of(postgres.database, other) == []
 
 
 # --- a browser on another origin -------------------------------------------------------------

@@ -37,7 +37,7 @@ from todo_api.tables.lists import inbox_id
 HEAD = migrate.head_revision()
 ALL_TABLES = {
     "alembic_version", "users", "tasks", "idempotency_keys", "lists", "labels", "task_labels",
-    "tombstones", "event_tickets", "change_pending",
+    "tombstones", "event_tickets", "event_watches", "change_pending",
 }  # fmt: skip
 TASKS_INDEX = "ix_tasks_user_id_created_at_id"
 CLI_TIMEOUT = 30.0
@@ -218,6 +218,7 @@ def test_cli_check_on_an_unmigrated_database_fails_naming_each_problem(
             "problem: table task_labels is missing",
             "problem: table tombstones is missing",
             "problem: table event_tickets is missing",
+            "problem: table event_watches is missing",
             "problem: table change_pending is missing",
         ]
     )

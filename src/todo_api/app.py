@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -31,7 +32,13 @@ from todo_api.platform.observability.metrics import Metrics, install_metrics
 from todo_api.platform.observability.middleware import Observability
 from todo_api.settings import Settings, load_settings
 from todo_api.sync import router as sync
-from todo_api.sync.live import close_streams_on_signals, events_hub, purge_periodically
+from todo_api.sync.live import (
+    close_streams_on_signals,
+    events_hub,
+    purge_periodically,
+    watch_periodically,
+)
+from todo_api.sync.repository import forget_watches
 from todo_api.tables.changes import TRANSACTION_REPORT, TRANSACTION_SETUP
 from todo_api.tasks import router as tasks
 from todo_api.tasks.schemas import READ_ONLY_FIELDS as TASK_READ_ONLY_FIELDS
@@ -72,7 +79,13 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
             raise
         app.state.database = database
         app.state.events = events_hub(settings, database)
-        purge = asyncio.create_task(purge_periodically(settings, database), name="sync-purge")
+        app.state.process_id = process_id = uuid.uuid4()  # whose events watches are whose
+        background = [
+            asyncio.create_task(purge_periodically(settings, database), name="sync-purge"),
+            asyncio.create_task(
+                watch_periodically(app.state.events, database, process_id), name="sync-watch"
+            ),
+        ]
         undo_signals = close_streams_on_signals(app.state.events) if serving else None
         if verifier is not None:
             await verifier.start()  # warms the JWKS cache; a failure is logged, not fatal
@@ -98,9 +111,12 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
             if undo_signals is not None:
                 undo_signals()
             await app.state.events.aclose()
-            purge.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purge
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            with contextlib.suppress(Exception):  # else they expire (WATCH_SECONDS)
+                await forget_watches(database, process_id=process_id)
             if verifier is not None:
                 await verifier.aclose()
             await database.dispose()

@@ -82,7 +82,8 @@ class Subscription:
 
 class Source(Protocol):
     async def run(self, hub: Hub) -> None:
-        """Deliver notifications to `hub.publish` until cancelled."""
+        """Deliver notifications to `hub.publish` until cancelled; call `hub.connected()`
+        whenever notifications start flowing (again) and `hub.disconnected()` when they stop."""
         ...
 
 
@@ -95,10 +96,26 @@ class Hub:
         self._running: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._closed = False
+        self._connected = asyncio.Event()
 
     @property
     def listening(self) -> bool:
         return self._running is not None and not self._running.done()
+
+    def keys(self) -> list[str]:
+        """The keys with at least one subscriber."""
+        return list(self._subscribers)
+
+    def connected(self) -> None:
+        self._connected.set()
+
+    def disconnected(self) -> None:
+        self._connected.clear()
+
+    async def wait_connected(self) -> None:
+        """Until the source delivers notifications: a change committed from then on reaches
+        the subscribers. (Callers bound the wait.)"""
+        await self._connected.wait()
 
     def subscribe(self, key: str) -> Subscription:
         if self._closed:
@@ -160,6 +177,7 @@ class Hub:
         self._idle = None
         if self._running is not None and (self._closed or not self._subscribers):
             self._running.cancel()
+            self._connected.clear()
 
 
 def _payload(payload: str) -> tuple[str, int] | None:
@@ -187,6 +205,8 @@ class PostgresListener:
         self._max_backoff = max_backoff
 
     async def run(self, hub: Hub) -> None:
+        # Lost: a stream may have started while nothing was listening (its subscribe stopped
+        # waiting for the connection), so the first connection after a failure is a resync.
         lost = False
         backoff = 0.1
         while True:
@@ -194,6 +214,7 @@ class PostgresListener:
                 connection = await self._connect()
             except (OSError, asyncpg.PostgresError, TimeoutError) as error:
                 log.warning("events listener cannot connect (retry in %.1f s): %s", backoff, error)
+                lost = True
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, self._max_backoff)
                 continue
@@ -202,6 +223,7 @@ class PostgresListener:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
                 log.warning("events listener lost its connection: %s", error)
             finally:
+                hub.disconnected()
                 with contextlib.suppress(Exception):
                     await asyncio.shield(connection.close(timeout=2))
             lost = True
@@ -217,6 +239,7 @@ class PostgresListener:
 
         connection.add_termination_listener(lambda _connection: gone.set())
         await connection.add_listener(self._channel, notified)
+        hub.connected()
         log.info("events listener connected (LISTEN %s)", self._channel)
         if resync:
             hub.resync_all("the server's notification connection was re-established")
@@ -233,4 +256,5 @@ class Pushed:
     commit observer, in this process)."""
 
     async def run(self, hub: Hub) -> None:
+        hub.connected()
         await asyncio.Event().wait()

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import random
 import signal
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from types import FrameType
@@ -67,6 +68,18 @@ async def purge_periodically(settings: Settings, database: Database) -> None:
             if purged:
                 log.info("purged %d tombstones deleted before %s", purged, older_than)
         await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+
+
+async def watch_periodically(hub: Hub, database: Database, process_id: uuid.UUID) -> None:
+    """Keep this process's watches of its streams' users live (PostgreSQL: their writes
+    NOTIFY only while one is); each stream's own start put its watch in place."""
+    while True:
+        await asyncio.sleep(repository.WATCH_SECONDS / 3)
+        try:
+            await repository.refresh_watches(database, user_ids=hub.keys(), process_id=process_id)
+        except Exception as error:
+            # Another try in a third of the watch's life: the watch outlives two failures.
+            log.warning("refreshing the events watches failed: %s", error)
 
 
 def close_streams_on_signals(hub: Hub) -> Callable[[], None]:

@@ -27,11 +27,11 @@ from todo_api.platform.database.executors import Session
 from todo_api.platform.database.types import utcnow
 from todo_api.sync.errors import SyncTokenExpired
 from todo_api.sync.tokens import FIRST_ID, LAST_ID, LAST_KIND, Position
-from todo_api.tables.changes import event_tickets, tombstones
+from todo_api.tables.changes import event_tickets, event_watches, tombstones
 from todo_api.tables.users import users
 from todo_api.tasks.repository import changed_tasks
 from todo_api.tasks.schemas import TaskRead
-from todo_api.users.repository import owner_parameters, provision
+from todo_api.users.repository import insert, owner_parameters, provision
 
 Resource = TaskRead | ListRead | LabelRead
 
@@ -174,6 +174,8 @@ async def purge_tombstones(db: Database, *, older_than: datetime) -> int:
         if count < PURGE_BATCH:
             break
     await db.rows(_EXPIRED_TICKETS, {"now": utcnow()}, idempotent=True)
+    if db.dialect == "postgresql":
+        await db.rows(_EXPIRED_WATCHES, {}, idempotent=True)
     return purged
 
 
@@ -224,10 +226,71 @@ async def use_ticket(db: Database, ticket: str) -> str | None:
     return str(rows[0][0]) if rows else None
 
 
-_SEQUENCE = sa.select(users.c.change_seq).where(_OWNER)
+# PostgreSQL only: a write sends its NOTIFY when its user has a live watch (migration 0006).
+# Times are the database's (as in change_seq_of), so no app server's clock is involved.
+WATCH_SECONDS = 90.0  # refreshed every third of that while the process streams the user
+_PROCESS = sa.bindparam("process_id", type_=event_watches.c.process_id.type)
+_WATCH_EXPIRY = sa.func.statement_timestamp() + sa.func.make_interval(
+    0, 0, 0, 0, 0, 0, sa.literal(WATCH_SECONDS, sa.Float)
+)
+_WATCHED_USERS = sa.func.unnest(
+    sa.bindparam("user_ids", type_=sa.ARRAY(event_watches.c.user_id.type))
+).table_valued("user_id").render_derived(name="watched")
+_REFRESH_WATCHES = (
+    insert("postgresql", event_watches)
+    .from_select(
+        ["user_id", "process_id", "expires_at"],
+        # Only users that exist (the foreign key): each stream provisioned its user first.
+        sa.select(_WATCHED_USERS.c.user_id, _PROCESS, _WATCH_EXPIRY).where(
+            sa.exists().where(users.c.id == _WATCHED_USERS.c.user_id)
+        ),
+    )
+    .on_conflict_do_update(
+        index_elements=[event_watches.c.user_id, event_watches.c.process_id],
+        set_={"expires_at": _WATCH_EXPIRY},
+    )
+)
+_EXPIRED_WATCHES = sa.delete(event_watches).where(
+    event_watches.c.expires_at < sa.func.statement_timestamp()
+)
+_FORGET_PROCESS = sa.delete(event_watches).where(event_watches.c.process_id == _PROCESS)
+# FOR SHARE: waits for a write of this user that holds the counter (see `watch`).
+_SEQUENCE = sa.select(users.c.change_seq).where(_OWNER).with_for_update(read=True)
 
 
-async def current_sequence(db: Database, user_id: str) -> int:
-    """The user's change_seq (0 for a user not created yet)."""
-    rows = await db.rows(_SEQUENCE, {"owner_id": user_id}, idempotent=True)
-    return int(rows[0][0]) if rows else 0
+async def watch(db: Database, *, user_id: str, email: str | None, process_id: uuid.UUID) -> int:
+    """An events stream of the user starts in this process (whose listener is connected):
+    the user's change_seq to start from, read after this process's watch is in place.
+
+    One transaction: provision the user, upsert the watch, read the counter FOR SHARE. A
+    concurrent write W either took the counter first, and the FOR SHARE read waits for W's
+    commit (the stream starts at or after W, so the client's first sync has it), or W's
+    UPDATE of the counter waits for this transaction, and W's watch check, a later statement,
+    sees the committed watch and NOTIFYs. SQLite (no NOTIFY, one process): no watch needed.
+    """
+    parameters = owner_parameters(user_id, utcnow(), email) | {
+        "user_ids": [user_id],
+        "process_id": process_id,
+    }
+
+    async def work(session: Session) -> int:
+        await provision(session, db.dialect, parameters)
+        if db.dialect == "postgresql":
+            await session.rows(_REFRESH_WATCHES, parameters)
+        rows = await session.rows(_SEQUENCE, parameters)
+        return int(rows[0][0])
+
+    return await db.transaction(work, idempotent=True)
+
+
+async def refresh_watches(db: Database, *, user_ids: list[str], process_id: uuid.UUID) -> None:
+    """Keep this process's watches of `user_ids` (its streams' users) live."""
+    if db.dialect == "postgresql" and user_ids:
+        parameters = {"user_ids": user_ids, "process_id": process_id}
+        await db.rows(_REFRESH_WATCHES, parameters, idempotent=True)
+
+
+async def forget_watches(db: Database, *, process_id: uuid.UUID) -> None:
+    """This process streams no more (shutdown): its writes need not NOTIFY for it."""
+    if db.dialect == "postgresql":
+        await db.rows(_FORGET_PROCESS, {"process_id": process_id}, idempotent=True)

@@ -7,6 +7,8 @@ reached), so a lost event costs nothing: the client fetches `/sync` on each even
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -39,6 +41,8 @@ router = APIRouter(
 )
 
 RETRY_MILLISECONDS = 3000
+# How long a stream's start waits for its process's listener (connecting: tens of ms).
+LISTENER_WAIT_SECONDS = 5.0
 _CHANGE: dict[str, type[TaskChange | ListChange | LabelChange]] = {
     "task": TaskChange,
     "list": ListChange,
@@ -143,9 +147,17 @@ async def subscribed(
     except TooManySubscribers as error:
         raise TooManyStreams(str(error)) from None
     try:
-        # Read once subscribed and before the response starts: a later change is published
-        # to this stream, and an earlier one is in what the client's sync on `open` sees.
-        yield Stream(subscription, await repository.current_sequence(db, owner.user_id))
+        # Once the process hears notifications (a change committed before it does would be
+        # lost; if it cannot connect yet, its first connection is a resync), the watch and
+        # the starting sequence, before the response starts: a later change is published to
+        # this stream, an earlier one is in what the client's sync on `open` sees.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LISTENER_WAIT_SECONDS):
+                await hub.wait_connected()
+        at = await repository.watch(
+            db, user_id=owner.user_id, email=owner.email, process_id=request.app.state.process_id
+        )
+        yield Stream(subscription, at)
     finally:
         subscription.close()
 

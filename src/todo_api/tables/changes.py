@@ -9,11 +9,12 @@ values a reader sees always form a prefix 1..n with no gaps.
 Who assigns the value (migration 0005 creates the triggers):
 - PostgreSQL: BEFORE INSERT/UPDATE row triggers, through `change_seq_of(user_id)`, which bumps
   the counter once per transaction (the value is remembered in a transaction-local setting,
-  so it works through a transaction-mode pooler) and sends `NOTIFY todo_api_changes` with
-  "<seq> <user_id>". A trigger runs only for a row that is really written (after its row lock
-  and any concurrent-update recheck), so a refused write takes nothing. Statements write
-  `next_change_seq(...)` into the column, which compiles to NULL there: a row reaching the
-  table without the trigger fails NOT NULL instead of going unseen.
+  so it works through a transaction-mode pooler) and, when a process streams the user's
+  events (`event_watches`), sends `NOTIFY todo_api_changes` with "<seq> <user_id>". A trigger
+  runs only for a row that is really written (after its row lock and any concurrent-update
+  recheck), so a refused write takes nothing. Statements write `next_change_seq(...)` into
+  the column, which compiles to NULL there: a row reaching the table without the trigger
+  fails NOT NULL instead of going unseen.
 - SQLite (one writer at a time): the statement itself computes the value (the one this
   transaction took already, from `change_pending`, else the counter + 1) and AFTER triggers
   move the counter up to it and remember it; a row updated without a new value is refused.
@@ -115,6 +116,27 @@ class EventTicket(SQLModel, table=True):
     expires_at: datetime = Field(sa_column=sa.Column(UTCDateTime, nullable=False))
 
 
+class EventWatch(SQLModel, table=True):
+    """PostgreSQL: a process with an open events stream of the user, until `expires_at`
+    (refreshed while the stream lasts). A write sends its NOTIFY only when its user has a
+    live row here: NOTIFY makes commits take a database-wide lock in turn, a cost worth
+    paying only when someone listens. Empty on SQLite (no NOTIFY there)."""
+
+    __tablename__ = "event_watches"
+    __table_args__ = (
+        sa.PrimaryKeyConstraint("user_id", "process_id"),
+        sa.Index("ix_event_watches_expires_at", "expires_at"),
+    )
+
+    user_id: str = Field(
+        sa_column=sa.Column(
+            sa.String(USER_ID_MAX), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    process_id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid, nullable=False))
+    expires_at: datetime = Field(sa_column=sa.Column(UTCDateTime, nullable=False))
+
+
 class ChangePending(SQLModel, table=True):
     """SQLite only (empty on PostgreSQL, whose transactions remember the value themselves):
     the value the current write transaction took, per user. SQLite runs one write
@@ -129,6 +151,7 @@ class ChangePending(SQLModel, table=True):
 # The Core tables, for statements (SQLModel does not type `__table__`).
 tombstones: sa.Table = Tombstone.__table__  # type: ignore[attr-defined]
 event_tickets: sa.Table = EventTicket.__table__  # type: ignore[attr-defined]
+event_watches: sa.Table = EventWatch.__table__  # type: ignore[attr-defined]
 
 
 def changed_after(table: sa.Table) -> sa.ColumnElement[bool]:
