@@ -3,21 +3,23 @@
 "Before" is commit 65c1816 (schema 0004: no change_seq, no triggers of the change feed), run
 from a git worktree in /tmp with `PYTHONPATH=<worktree>/src` ahead of the installed package;
 "after" is the installed package (this working tree; or `--after REF`, another worktree), at
-schema 0005: every task/list/label write fires `change_stamped()`, which bumps
-`users.change_seq` once per transaction and queues `NOTIFY todo_api_changes`.
+schema 0006: every task/list/label write fires `change_stamped()`, which bumps
+`users.change_seq` once per transaction and, when a process streams the user's events (a live
+`event_watches` row), queues `NOTIFY todo_api_changes`.
 
 Steps:
 1. a worktree of 65c1816; the "before" database migrated by the old code's own
    `todo_api db upgrade` (to 0004), seeded with bench/database.py's set-based SQL (head-of-0004
    shape: inboxes, positions, due dates, priorities, labels), then copied with
-   `CREATE DATABASE … TEMPLATE` (same rows, same ids) and the copy migrated to 0005 by the
+   `CREATE DATABASE … TEMPLATE` (same rows, same ids) and the copy migrated to 0006 by the
    current code; VACUUM ANALYZE both; one `ids.txt` / `users.txt` for both;
 2. both APIs with production settings (bench/servers.py), pinned to one core, wrk to another;
-   each checked: `/health/ready` revision (0004 / 0005), `todo_api.__file__` under the
+   each checked: `/health/ready` revision (0004 / 0006), `todo_api.__file__` under the
    worktree, and a create whose answer has no `change_seq` (before) / has one (after);
 3. `create`, `patch`, `toggle`, `mixed` with wrk + bench/lua/scenarios.lua, 32 connections,
    interleaved before, after, before, after; then (unless `--no-stream`) again with one events
-   stream open on the after API, whose LISTEN connection then hears every write's NOTIFY;
+   stream open on the after API and every user watched (as if each had a live client), so
+   that every write sends a NOTIFY, which the LISTEN connection hears;
 4. `results/<stamp>-changes.md` and `.json` (`--smoke`: `results/smoke/`); databases dropped,
    worktrees removed. Exit 1 when a request failed or a check did not hold; never on speed.
 """
@@ -52,7 +54,7 @@ from bench.sse import open_idle_stream
 from bench.wrk import WrkResult, WrkSettings, ensure_wrk, run_wrk
 
 OLD_COMMIT = "65c1816"
-OLD_REVISION, NEW_REVISION = "0004", "0005"
+OLD_REVISION, NEW_REVISION = "0004", "0006"
 WRITES = ("create", "patch", "toggle", "mixed")
 # Reads fire no trigger: `get` and `list` are the controls (what differs between the two
 # APIs and databases besides the triggers, and the machine's drift between their runs).
@@ -60,7 +62,7 @@ CONTROLS = ("get", "list")
 SCENARIOS = (*WRITES, *CONTROLS)
 BEFORE, AFTER = "before", "after"
 PHASE_PLAIN = "no stream open"
-PHASE_STREAM = "one events stream open on the after API"
+PHASE_STREAM = "every user watched, one events stream open on the after API"
 LISTENER_USER = "bench-listener"  # the idle stream's user: nobody writes to it
 LISTENER_APPLICATION_NAME = "todo-api-listener"  # todo_api.platform.events
 VERIFY_USER = "bench-000001"
@@ -469,6 +471,13 @@ class Run:
         deadline = time.monotonic() + 10
         while (count := self.listeners(self.urls[AFTER])) < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
+        # Every user watched for the phase (a process id of nobody's, expiring in a day): each
+        # write NOTIFYs, the worst case (every writer has a live client somewhere).
+        fetch(
+            self.urls[AFTER],
+            "INSERT INTO event_watches (user_id, process_id, expires_at) "
+            "SELECT id, gen_random_uuid(), now() + interval '1 day' FROM users RETURNING 1",
+        )
         return count
 
     def run(self) -> None:
@@ -606,14 +615,14 @@ class Run:
         lines.append("")
         notes = {
             PHASE_PLAIN: "No events stream is open: the after API has no LISTEN connection, "
-            "so this is the cost of the triggers (the counter row update and the queued "
-            "NOTIFY) and of the wider rows and responses. `get` and `list` fire no trigger: they "
+            "and no user is watched, so this is the cost of the triggers (the counter row "
+            "update and the watch check; no NOTIFY) and of the wider rows and responses. `get` and `list` fire no trigger: they "
             "are the controls (what differs between the two APIs and databases besides the "
             "triggers, and the machine's drift).",
-            PHASE_STREAM: "One `/events` stream (of a user nobody writes to) is open on the "
-            "after API for the whole phase: its LISTEN connection receives the NOTIFY of every "
-            "write of every user, and the API process parses each one. The before API is "
-            "unchanged (it has no streams).",
+            PHASE_STREAM: "One `/events` stream is open on the after API and every user has "
+            "a live watch (as if each had a client streaming somewhere): every write sends a "
+            "NOTIFY, which the stream's LISTEN connection receives and the API process parses. "
+            "The before API is unchanged (it has no streams).",
         }
         for phase, scenarios in self.phases.items():
             lines += [f"## {phase[:1].upper()}{phase[1:]}", "", notes.get(phase, ""), ""]

@@ -233,9 +233,11 @@ _PROCESS = sa.bindparam("process_id", type_=event_watches.c.process_id.type)
 _WATCH_EXPIRY = sa.func.statement_timestamp() + sa.func.make_interval(
     0, 0, 0, 0, 0, 0, sa.literal(WATCH_SECONDS, sa.Float)
 )
-_WATCHED_USERS = sa.func.unnest(
-    sa.bindparam("user_ids", type_=sa.ARRAY(event_watches.c.user_id.type))
-).table_valued("user_id").render_derived(name="watched")
+_WATCHED_USERS = (
+    sa.func.unnest(sa.bindparam("user_ids", type_=sa.ARRAY(event_watches.c.user_id.type)))
+    .table_valued("user_id")
+    .render_derived(name="watched")
+)
 _REFRESH_WATCHES = (
     insert("postgresql", event_watches)
     .from_select(
