@@ -616,9 +616,9 @@ class Run:
         notes = {
             PHASE_PLAIN: "No events stream is open: the after API has no LISTEN connection, "
             "and no user is watched, so this is the cost of the triggers (the counter row "
-            "update and the watch check; no NOTIFY) and of the wider rows and responses. `get` and `list` fire no trigger: they "
-            "are the controls (what differs between the two APIs and databases besides the "
-            "triggers, and the machine's drift).",
+            "update and the watch check; no NOTIFY) and of the wider rows and responses. "
+            "`get` and `list` fire no trigger: they are the controls (what differs between "
+            "the two APIs and databases besides the triggers, and the machine's drift).",
             PHASE_STREAM: "One `/events` stream is open on the after API and every user has "
             "a live watch (as if each had a client streaming somewhere): every write sends a "
             "NOTIFY, which the stream's LISTEN connection receives and the API process parses. "
