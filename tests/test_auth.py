@@ -325,6 +325,7 @@ SHARED_SECRET_REJECTIONS: list[Any] = [
 ]
 
 
+@pytest.mark.request_layer  # refused by the token check, before any SQL
 @pytest.mark.parametrize(("make_token", "description"), SHARED_SECRET_REJECTIONS)
 async def test_an_unusable_token_is_401_with_an_rfc6750_challenge_and_writes_nothing(
     hs_client: httpx.AsyncClient,
@@ -464,6 +465,7 @@ def _swap_header(token: str, **header: Any) -> str:
 JWKS_ONLY = "The token's signing algorithm is not accepted (use RS256, ES256, EdDSA)"
 
 
+@pytest.mark.request_layer  # refused by the token check, before any SQL
 @pytest.mark.parametrize(
     ("make_token", "description"),
     [

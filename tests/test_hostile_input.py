@@ -1093,6 +1093,7 @@ async def test_fixed_due_whose_instant_is_beyond_the_calendar_is_rejected(
 
 
 @pytest.mark.parametrize("value", BAD_ZONES, ids=repr)
+@pytest.mark.request_layer
 async def test_user_zone_that_is_not_an_iana_name_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, world: World, value: Any
 ) -> None:
@@ -1104,6 +1105,7 @@ async def test_user_zone_that_is_not_an_iana_name_is_rejected(
 
 
 @pytest.mark.parametrize("value", [zone for zone in BAD_ZONES if isinstance(zone, str)], ids=repr)
+@pytest.mark.request_layer
 async def test_tz_query_that_is_not_an_iana_name_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, world: World, value: str
 ) -> None:
@@ -1258,6 +1260,7 @@ GARBAGE_LABEL_FILTERS = [
 @pytest.mark.parametrize(
     ("which", "value"), spread(GARBAGE_LABEL_FILTERS, ["labels_any", "labels_all"])
 )
+@pytest.mark.request_layer
 async def test_garbage_label_filter_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, world: World, which: int, value: str
 ) -> None:
@@ -1310,6 +1313,7 @@ async def test_list_that_is_not_the_users_is_not_found_and_named(
 
 
 @pytest.mark.parametrize(("write", "ref"), spread(BAD_LIST_REFS, LIST_WRITE_IDS, everywhere=1))
+@pytest.mark.request_layer
 async def test_list_reference_that_is_neither_an_id_nor_inbox_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, world: World, write: int, ref: Any
 ) -> None:
@@ -1321,6 +1325,7 @@ async def test_list_reference_that_is_neither_an_id_nor_inbox_is_rejected(
 
 
 @pytest.mark.parametrize("ref", [ref for ref in BAD_LIST_REFS if isinstance(ref, str)], ids=repr)
+@pytest.mark.request_layer
 async def test_list_filter_that_is_neither_an_id_nor_inbox_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, world: World, ref: str
 ) -> None:
@@ -1573,6 +1578,7 @@ BAD_RANGE_DATES = [
 
 
 @pytest.mark.parametrize(("which", "value"), spread(BAD_RANGE_DATES, ["due_from", "due_to"]))
+@pytest.mark.request_layer
 async def test_impossible_due_range_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, world: World, which: int, value: str
 ) -> None:

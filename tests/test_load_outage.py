@@ -8,7 +8,7 @@ must hold at the end follows from the answers it got: an acknowledged write happ
 once, a 503 write (the commit may have failed after the database applied it) at most once, and
 no task exists that nobody created.
 
-LOAD_OUTAGE_SECONDS shortens the run outside CI; CI always runs the full 60 s.
+LOAD_OUTAGE_SECONDS shortens the run outside CI; CI runs 30 s (SECONDS below).
 """
 
 from __future__ import annotations

@@ -52,13 +52,13 @@ OPEN_API_EXCLUSIONS = {
 #
 # Examples and fuzzing get 15 cases per operation (CI budget). The stateful phase gets more:
 # with 80 links to choose from, 15 scenarios sometimes followed none to a task, list or label
-# (`assert_every_phase_ran` failed in CI on 3 links covered of 81).
+# (`assert_every_phase_ran` failed in CI on 3 links covered of 81; 30 covered 9-14).
 CHECKS_CONFIG = """
 [generation]
 max-examples = 15
 
 [phases.stateful.generation]
-max-examples = 40
+max-examples = 30
 
 [checks.positive_data_acceptance]
 expected-statuses = ["2XX", "3XX", 401, 403, 404, 409, 412, 429, "5XX"]
@@ -220,7 +220,8 @@ values = ["{foreign_task_id}"]
 """
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+# SQLite only (CI budget): the run below, as alice, is the one on PostgreSQL, with every check.
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     database_url: str, tmp_path: Path
 ) -> None:

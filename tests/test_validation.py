@@ -2,6 +2,8 @@
 
 Body rules are checked on each write that accepts them (POST create, PUT replace, PATCH update);
 each rejection also checks that the database holds exactly what it held before the request.
+Rejections are made before any SQL runs (`request_layer`): SQLite only, in CI's budget; what is
+accepted and stored runs on both.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ async def test_title_of_255_characters_after_trimming_is_accepted(
     assert row is not None and row["title"] == title
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize("method", WRITES)
 @pytest.mark.parametrize("title", ["a" * 256, f"  {'a' * 256}  "], ids=["bare", "padded"])
 async def test_title_longer_than_255_characters_after_trimming_is_rejected(
@@ -100,6 +103,7 @@ async def test_title_length_counts_characters_not_bytes(
     await assert_write_rejected(client, engine, method, {"title": title + "x"}, fields={"title"})
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize("method", WRITES)
 @pytest.mark.parametrize("title", ["", " ", "   \t  ", "\n"], ids=["empty", "space", "tabs", "nl"])
 async def test_blank_title_is_rejected(
@@ -118,6 +122,7 @@ async def test_title_is_trimmed_before_it_is_stored(
     assert row is not None and row["title"] == "Buy  milk"
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize("method", WRITES)
 @pytest.mark.parametrize(
     "title", ["first\nsecond", "first\r\nsecond", "tab\there", "bell\x07", "del\x7f", "\x1b[31mred"]
@@ -128,6 +133,7 @@ async def test_title_must_be_a_single_line_without_control_characters(
     await assert_write_rejected(client, engine, method, {"title": title}, fields={"title"})
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize("method", WRITES)
 @pytest.mark.parametrize("title", [42, 1.5, True, ["Buy milk"], {"text": "Buy milk"}])
 async def test_title_that_is_not_a_string_is_rejected(
@@ -136,6 +142,7 @@ async def test_title_that_is_not_a_string_is_rejected(
     await assert_write_rejected(client, engine, method, {"title": title}, fields={"title"})
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize("method", WRITES)
 async def test_null_title_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, method: str
@@ -144,6 +151,7 @@ async def test_null_title_is_rejected(
     await assert_write_rejected(client, engine, method, {"title": None}, fields={"title"})
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize("method", ["POST", "PUT"])
 async def test_missing_title_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, method: str
@@ -165,6 +173,7 @@ async def test_description_of_10000_characters_is_accepted(
     assert row is not None and row["description"] == description
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize("method", WRITES)
 async def test_description_of_10001_characters_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, method: str
@@ -183,6 +192,7 @@ async def test_description_may_span_several_lines(
     assert row is not None and row["description"] == description
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize("method", WRITES)
 @pytest.mark.parametrize("description", [7, False, ["a"], {"a": "b"}])
 async def test_description_that_is_not_a_string_is_rejected(
@@ -210,6 +220,7 @@ async def test_patch_description_null_clears_it(
 # --- completed --------------------------------------------------------------------------------
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize("method", WRITES)
 @pytest.mark.parametrize("completed", ["true", "false", 1, 0, 1.0, "", [True], {"v": True}])
 async def test_completed_must_be_a_json_boolean(
@@ -219,6 +230,7 @@ async def test_completed_must_be_a_json_boolean(
     await assert_write_rejected(client, engine, method, body, fields={"completed"})
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize("method", WRITES)
 async def test_null_completed_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, method: str
@@ -227,6 +239,7 @@ async def test_null_completed_is_rejected(
     await assert_write_rejected(client, engine, method, body, fields={"completed"})
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize("completed", ["true", 1, None])
 async def test_complete_endpoint_body_must_hold_a_json_boolean(
     client: httpx.AsyncClient, engine: AsyncEngine, completed: Any
@@ -244,6 +257,7 @@ async def test_complete_endpoint_body_must_hold_a_json_boolean(
 # --- body shape, unknown and read-only fields -------------------------------------------------
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize("method", WRITES)
 @pytest.mark.parametrize("body", [[], [{"title": "x"}], "Buy milk", 42, True], ids=repr)
 async def test_body_that_is_not_an_object_is_rejected(
@@ -253,6 +267,7 @@ async def test_body_that_is_not_an_object_is_rejected(
     assert all(error["location"] == "body" for error in problem["errors"]), problem
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize("method", WRITES)
 @pytest.mark.parametrize("field", ["importance", "Title", "titel", "done"])
 async def test_unknown_field_is_rejected_and_named(
@@ -263,6 +278,7 @@ async def test_unknown_field_is_rejected_and_named(
     assert problem["errors"][0]["type"] == "extra_forbidden"
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize("method", WRITES)
 @pytest.mark.parametrize("field", READ_ONLY)
 async def test_read_only_field_is_rejected_and_named(
@@ -279,6 +295,7 @@ async def test_read_only_field_is_rejected_and_named(
     assert "read-only" in problem["errors"][0]["message"], problem
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize("method", WRITES)
 async def test_every_read_only_field_is_named_when_several_are_sent(
     client: httpx.AsyncClient, engine: AsyncEngine, method: str
@@ -294,6 +311,7 @@ async def test_every_read_only_field_is_named_when_several_are_sent(
     await assert_write_rejected(client, engine, method, body, fields={*READ_ONLY, "colour"})
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize("method", WRITES)
 async def test_every_invalid_field_is_reported_at_once(
     client: httpx.AsyncClient, engine: AsyncEngine, method: str
@@ -306,6 +324,7 @@ async def test_every_invalid_field_is_reported_at_once(
 # --- query and path parameters ----------------------------------------------------------------
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize("limit", ["0", "201", "-1", "ten", "1.5", "99999999999999999999999"])
 async def test_limit_outside_1_to_200_or_not_an_integer_is_rejected(
     client: httpx.AsyncClient, engine: AsyncEngine, limit: str
@@ -329,6 +348,7 @@ async def test_limit_bounds_are_inclusive(client: httpx.AsyncClient, limit: int)
     assert len(response.json()["items"]) == 1
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize(
     ("method", "suffix", "body"),
     [
@@ -403,6 +423,7 @@ INVALID_USER_IDS = [
 ]
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize("user", INVALID_USER_IDS)
 async def test_invalid_user_id_is_rejected_on_create(
     client: httpx.AsyncClient, engine: AsyncEngine, user: str
@@ -417,6 +438,7 @@ async def test_invalid_user_id_is_rejected_on_create(
     assert await snapshot(engine) == before
 
 
+@pytest.mark.request_layer
 @pytest.mark.parametrize(
     "user",
     [
