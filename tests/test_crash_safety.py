@@ -435,6 +435,10 @@ class Endpoint:
             _, writer = await asyncio.open_connection(self.host, self.port)
         except ConnectionRefusedError:
             return True
+        except ConnectionResetError:
+            # The kernel had queued this connection in the listen backlog, and the server closed
+            # the listening socket before accepting it: it is closing, not yet closed. Ask again.
+            return False
         writer.close()
         return False
 
