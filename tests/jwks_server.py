@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import threading
 import time
 import uuid
@@ -145,7 +146,11 @@ class FakeClock:
     """A monotonic clock the tests move forward (instead of sleeping for a minute)."""
 
     def __init__(self) -> None:
-        self.now = time.monotonic()
+        # A whole second, not the monotonic clock's fraction: the tests add whole seconds and
+        # compare differences exactly (60 s after a fetch refetches), which floats with a
+        # fraction would miss by a rounding error now and then. Not earlier than now: the app
+        # recorded its start-up fetch on the real clock.
+        self.now = float(math.ceil(time.monotonic()))
 
     def __call__(self) -> float:
         return self.now

@@ -24,11 +24,14 @@ from todo_api.settings import ConfigError, load_settings
 APP = "https://app.example.com"
 OTHER = "https://evil.example.net"
 SECRET = "cors-test-secret-" + "0123456789abcdef" * 2
+# Fixed ids (a preflight never looks the task up): test ids must be the same in every pytest
+# worker process, which collect the tests separately.
+SOME_TASK = "6f1c2a9e-4b7d-4c3e-9a51-0d8e2b7f4a10"
 ROUTES = [
     "/api/alice/tasks",
     "/api/alice/tasks/stats",
-    f"/api/alice/tasks/{uuid.uuid4()}",
-    f"/api/alice/tasks/{uuid.uuid4()}/complete",
+    f"/api/alice/tasks/{SOME_TASK}",
+    f"/api/alice/tasks/{SOME_TASK}/complete",
 ]
 EXPOSED = {"etag", "location", "retry-after", "x-request-id", "idempotent-replayed"}
 REQUEST_HEADERS = (
