@@ -24,7 +24,7 @@ from todo_api.platform.database.executors import Rows, Session
 from todo_api.platform.database.types import utcnow
 from todo_api.platform.database.updates import flag_parameters, flagged_values, versioned
 from todo_api.platform.database.versions import versions_match, versions_parameter
-from todo_api.platform.http.conditional import StaleVersion
+from todo_api.platform.http.conditional import allows, stale_or_missing, unless_stale
 from todo_api.platform.http.problems import QuotaExceeded
 from todo_api.tables.changes import feed_page, next_change_seq, stamped
 from todo_api.tables.labels import labels, task_labels
@@ -151,11 +151,8 @@ def _update(dialect: str, *, guarded: bool) -> sa.Update:
 async def _stale_or_missing(
     db: Database, user_id: str, label_id: uuid.UUID, if_match: Sequence[int] | None
 ) -> None:
-    """A guarded write changed nothing: 412 if the label exists (at another version)."""
-    if if_match is not None:
-        current = await get_label(db, user_id=user_id, label_id=label_id)
-        if current is not None:
-            raise StaleVersion(current, "label")
+    read = functools.partial(get_label, db, user_id=user_id, label_id=label_id)
+    await stale_or_missing(read, if_match, "label")
 
 
 async def update_label(
@@ -169,9 +166,7 @@ async def update_label(
     """Raises StaleVersion, LabelNameTaken."""
     if not changes:
         current = await get_label(db, user_id=user_id, label_id=label_id)
-        if current is not None and if_match is not None and current.version not in if_match:
-            raise StaleVersion(current, "label")
-        return current
+        return unless_stale(current, if_match, "label")
     if "name" in changes:
         changes = changes | {"name_key": name_key(changes["name"])}
     parameters: dict[str, Any] = {"owner_id": user_id, "label_id": label_id, "now": utcnow()}
@@ -233,7 +228,7 @@ async def delete_label(
         # Locked (PostgreSQL; SQLite's transaction already is exclusive): the version check
         # holds until the delete, and a concurrent labelling of a task waits for this one.
         found = await session.rows(_LOCK, parameters)
-        if not found or (if_match is not None and found[0][0] not in if_match):
+        if not found or not allows(if_match, found[0][0]):
             return False
         await session.rows(_TOUCH_CARRIERS, parameters)
         await session.rows(_DELETE, parameters)

@@ -23,7 +23,7 @@ from todo_api.platform.database.ordering import Ordering, last_key, place
 from todo_api.platform.database.types import utcnow
 from todo_api.platform.database.updates import flag_parameters, flagged_values, versioned
 from todo_api.platform.database.versions import versions_match, versions_parameter
-from todo_api.platform.http.conditional import StaleVersion
+from todo_api.platform.http.conditional import allows, stale_or_missing, unless_stale
 from todo_api.platform.http.problems import QuotaExceeded
 from todo_api.platform.positions import MAX_LENGTH, tail
 from todo_api.tables.changes import feed_page, next_change_seq, stamped
@@ -161,11 +161,8 @@ def _update(dialect: str, *, guarded: bool) -> sa.Update:
 async def _stale_or_missing(
     db: Database, user_id: str, list_id: uuid.UUID, if_match: Sequence[int] | None
 ) -> None:
-    """A guarded write changed nothing: 412 if the list exists (at another version)."""
-    if if_match is not None:
-        current = await get_list(db, user_id=user_id, list_id=list_id)
-        if current is not None:
-            raise StaleVersion(current, "list")
+    read = functools.partial(get_list, db, user_id=user_id, list_id=list_id)
+    await stale_or_missing(read, if_match, "list")
 
 
 async def update_list(
@@ -177,10 +174,7 @@ async def update_list(
     if_match: Sequence[int] | None = None,
 ) -> ListRead | None:
     if not changes:
-        current = await get_list(db, user_id=user_id, list_id=list_id)
-        if current is not None and if_match is not None and current.version not in if_match:
-            raise StaleVersion(current, "list")
-        return current
+        return unless_stale(await get_list(db, user_id=user_id, list_id=list_id), if_match, "list")
     parameters: dict[str, Any] = {"owner_id": user_id, "list_id": list_id, "now": utcnow()}
     parameters |= flag_parameters(_FIELDS, changes, changes)
     if if_match is not None:
@@ -233,7 +227,7 @@ async def move_list(
         found = await session.rows(_EXISTS, parameters)
         if not found:
             return False
-        if if_match is not None and found[0][0] not in if_match:
+        if not allows(if_match, found[0][0]):
             return False
         position = await place(
             session,
@@ -303,7 +297,7 @@ async def delete_list(
         version, is_inbox = found[0]
         if is_inbox:
             raise InboxNotDeletable()
-        if if_match is not None and version not in if_match:
+        if not allows(if_match, version):
             return False
         if move_to is not None:
             if not await session.rows(_EXISTS, {"owner_id": user_id, "list_id": move_to}):

@@ -38,6 +38,7 @@ from todo_api.platform.database.ordering import place
 from todo_api.platform.database.types import utcnow
 from todo_api.platform.database.updates import flag_parameters, flagged_values, versioned
 from todo_api.platform.database.versions import versions_match, versions_parameter
+from todo_api.platform.http.conditional import allows
 from todo_api.platform.http.cursor import Cursor
 from todo_api.platform.http.problems import QuotaExceeded
 from todo_api.platform.positions import tail
@@ -961,7 +962,7 @@ async def update_task(
 ) -> TaskRead | None:
     if not changes:  # nothing to change: not a modification; version and updated_at stay
         task = await get_task(db, user_id=user_id, task_id=task_id)
-        if task is not None and if_match is not None and task.version not in if_match:
+        if task is not None and not allows(if_match, task.version):
             raise StaleVersion(task)
         return task
     return await _update_one(
@@ -1045,7 +1046,7 @@ async def move_task(
         if not current:
             raise TaskNotFound(task_id)
         list_id, version = current[0]
-        if if_match is not None and version not in if_match:
+        if not allows(if_match, version):
             task = _one_task(await session.rows(_GET, owned))
             assert task is not None
             raise StaleVersion(task)

@@ -7,7 +7,8 @@ never matches); If-None-Match uses weak comparison.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Protocol, TypeVar
 
 from fastapi import Header
 
@@ -91,3 +92,30 @@ class StaleVersion(PreconditionFailed):
             headers={"ETag": tag},
         )
         self.current = current
+
+
+V = TypeVar("V", bound=Versioned)
+
+
+def allows(if_match: Sequence[int] | None, version: int) -> bool:
+    """Whether If-Match (its versions from `if_match_versions`) lets a write change `version`."""
+    return if_match is None or version in if_match
+
+
+def unless_stale(current: V | None, if_match: Sequence[int] | None, what: str) -> V | None:
+    """A write with nothing to change answers the resource as it is, or 412 like any write
+    when If-Match names other versions. None: it does not exist."""
+    if current is not None and not allows(if_match, current.version):
+        raise StaleVersion(current, what)
+    return current
+
+
+async def stale_or_missing(
+    read: Callable[[], Awaitable[Versioned | None]], if_match: Sequence[int] | None, what: str
+) -> None:
+    """A guarded write matched no row: 412 if the resource exists (at another version, read
+    after the write), else return: it is missing (404 for the caller)."""
+    if if_match is not None:
+        current = await read()
+        if current is not None:
+            raise StaleVersion(current, what)
