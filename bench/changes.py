@@ -48,7 +48,8 @@ import asyncpg
 
 from bench.cli import cpu_layout
 from bench.database import BenchDatabase, admin_url_from_env
-from bench.report import RESULTS, Aggregate, git_state, machine_info
+from bench.harness import execute, write_report
+from bench.report import Aggregate, git_state, machine_info
 from bench.servers import REPO, Server, api_env, request, spawn
 from bench.sse import open_idle_stream
 from bench.wrk import WrkResult, WrkSettings, ensure_wrk, run_wrk
@@ -695,14 +696,12 @@ class Run:
             )
         return "\n".join(lines) + "\n"
 
+    def logs(self) -> list[tuple[str, str]]:
+        return [(f"last lines of {server.name}'s log", server.log()) for server in self.servers]
+
     def write(self) -> Path:
-        directory = RESULTS / "smoke" if self.plan.smoke else RESULTS
-        directory.mkdir(parents=True, exist_ok=True)
-        stem = directory / f"{self.meta['stamp']}-changes"
-        stem.with_suffix(".md").write_text(self.render())
-        payload = json.dumps(self.to_json(), indent=2, default=str) + "\n"
-        stem.with_suffix(".json").write_text(payload)
-        return stem.with_suffix(".md")
+        stem = f"{self.meta['stamp']}-changes"
+        return write_report(stem, self.render(), self.to_json(), smoke=self.plan.smoke)
 
 
 def _ratio(by_server: dict[str, Aggregate]) -> float:
@@ -713,21 +712,7 @@ def _ratio(by_server: dict[str, Aggregate]) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     plan = Plan.parse(argv)
     started = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix="todo_bench_changes_"))
-    run = Run(plan, workdir)
-    failed = True
-    try:
-        run.run()
-        failed = False
-    finally:
-        if failed:
-            for server in run.servers:
-                print(f"--- last lines of {server.name}'s log ---\n{server.log()}", file=sys.stderr)
-        run.close()
-        if failed or plan.keep:
-            print(f"bench.changes: server logs in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    run = execute(lambda workdir: Run(plan, workdir), name="bench.changes", keep=plan.keep)
     path = run.write()
     print(run.render())
     say(f"report: {path.relative_to(REPO)} (+ .json); {time.perf_counter() - started:.0f} s")

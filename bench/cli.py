@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -31,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from bench import delay, profile
 from bench.database import BIG_USER, SEED_REVISION, BenchDatabase, admin_url_from_env
+from bench.harness import execute
 from bench.pooler import PgBouncer
 from bench.report import (
     RESULTS,
@@ -570,6 +569,11 @@ class Bench:
         self.report.machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         evaluate_targets(self.report, API, REFERENCE)
 
+    def logs(self) -> list[tuple[str, str]]:
+        tails = [(f"last lines of {server.name}'s log", server.log()) for server in self.servers]
+        tails += [(f"end of the {type(h).__name__}'s log", h.log()) for h in self.helpers]
+        return tails
+
     def close(self) -> None:
         for server in list(self.servers):
             server.stop()
@@ -586,25 +590,7 @@ class Bench:
 def main(argv: Sequence[str] | None = None) -> int:
     plan = Plan.from_args(parse_args(argv))
     started = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix="todo_bench_"))
-    bench = Bench(plan, workdir)
-    failed = True
-    try:
-        bench.run()
-        failed = False
-    finally:
-        for server in bench.servers:
-            if failed:
-                print(f"--- last lines of {server.name}'s log ---\n{server.log()}", file=sys.stderr)
-        for helper in bench.helpers:
-            if failed:
-                name = type(helper).__name__
-                print(f"--- end of the {name}'s log ---\n{helper.log()}", file=sys.stderr)
-        bench.close()
-        if failed:
-            print(f"bench: failed; server logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    bench = execute(lambda workdir: Bench(plan, workdir), name="bench")
     names = [API, API_NO_METRICS, REFERENCE] if plan.metrics_compare else [API, REFERENCE]
     # Smoke reports (CI) go to results/smoke/, which results/.gitignore ignores.
     directory = RESULTS / "smoke" if plan.mode == "smoke" else RESULTS

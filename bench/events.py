@@ -24,10 +24,8 @@ import itertools
 import json
 import math
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,8 +37,9 @@ import asyncpg
 
 from bench.cli import _with_address, cpu_layout, helper_cpus
 from bench.database import BenchDatabase, admin_url_from_env
+from bench.harness import execute, write_report
 from bench.pooler import PgBouncer
-from bench.report import RESULTS, git_state, machine_info
+from bench.report import git_state, machine_info
 from bench.servers import REPO, Server, api_env, request, spawn
 from bench.sse import Event, EventStream, HttpClient, Response
 
@@ -592,36 +591,21 @@ class Run:
             lines.append("- every check held")
         return "\n".join(lines) + "\n"
 
+    def logs(self) -> list[tuple[str, str]]:
+        tails = [(f"last lines of {server.name}'s log", server.log()) for server in self.servers]
+        if self.bouncer is not None:
+            tails.append(("PgBouncer's log", self.bouncer.log()))
+        return tails
+
     def write(self) -> Path:
-        directory = RESULTS / "smoke" if self.plan.smoke else RESULTS
-        directory.mkdir(parents=True, exist_ok=True)
-        stem = directory / f"{self.meta['stamp']}-events"
-        stem.with_suffix(".md").write_text(self.render())
-        payload = json.dumps(self.to_json(), indent=2, default=str) + "\n"
-        stem.with_suffix(".json").write_text(payload)
-        return stem.with_suffix(".md")
+        stem = f"{self.meta['stamp']}-events"
+        return write_report(stem, self.render(), self.to_json(), smoke=self.plan.smoke)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     plan = Plan.parse(argv)
     started = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix="todo_bench_events_"))
-    run = Run(plan, workdir)
-    failed = True
-    try:
-        run.run()
-        failed = False
-    finally:
-        if failed:
-            for server in run.servers:
-                print(f"--- last lines of {server.name}'s log ---\n{server.log()}", file=sys.stderr)
-            if run.bouncer is not None:
-                print(f"--- PgBouncer's log ---\n{run.bouncer.log()}", file=sys.stderr)
-        run.close()
-        if failed or plan.keep:
-            print(f"bench.events: server logs in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    run = execute(lambda workdir: Run(plan, workdir), name="bench.events", keep=plan.keep)
     path = run.write()
     print(run.render())
     say(f"report: {path.relative_to(REPO)} (+ .json); {time.perf_counter() - started:.0f} s")
