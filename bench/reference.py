@@ -301,7 +301,7 @@ def _filters(user_id: str, query: Mapping[str, str], zone_name: str) -> list[Any
         local_now = now.astimezone(zone)
         today = local_now.date()
         if due == "overdue":
-            overdue = [now, _wall(today + timedelta(days=2)), today, local_now.replace(tzinfo=UTC)]
+            overdue = [now, _wall(today + timedelta(days=3)), today, local_now.replace(tzinfo=UTC)]
         elif due == "today":
             window = [
                 today,

@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from support import free_port
+
 PGBOUNCER_CANDIDATES = ("pgbouncer", "/usr/sbin/pgbouncer")
 
 
@@ -23,13 +25,6 @@ def find_pgbouncer() -> str | None:
         if found := shutil.which(candidate):
             return found
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PgBouncer:
