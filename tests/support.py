@@ -58,6 +58,18 @@ async def admin_execute(statement: str) -> None:
         await connection.close()
 
 
+async def backends_of(database: str) -> int:
+    """How many server connections `database` has (the admin connection is to another)."""
+    admin = await asyncpg.connect(admin_dsn(), timeout=10)
+    try:
+        count: int = await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", database
+        )
+    finally:
+        await admin.close()
+    return count
+
+
 async def terminate_backends(database: str) -> int:
     """Kill every server connection to `database`, as a Neon compute suspending does; how many.
 

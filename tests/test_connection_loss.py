@@ -33,7 +33,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from support import admin_dsn, running, settings_for, terminate_backends
+from support import admin_dsn, backends_of, running, settings_for, terminate_backends
 from todo_api.settings import Settings
 
 pytestmark = pytest.mark.through_pooler
@@ -56,17 +56,6 @@ def database_name(database_url: str) -> str:
 async def kill_every_backend(database: str) -> None:
     killed = await terminate_backends(database)
     assert killed >= 2, f"only {killed} backend(s) to terminate: the pool was not warm"
-
-
-async def backends_of(database: str) -> int:
-    admin = await asyncpg.connect(admin_dsn(), timeout=10)
-    try:
-        count: int = await admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", database
-        )
-    finally:
-        await admin.close()
-    return count
 
 
 async def warm_pool(client: httpx.AsyncClient, user: str, connections: int, database: str) -> None:
