@@ -19,7 +19,7 @@ from hypothesis import settings as examples
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from support import app_of, assert_problem, count_rows, create_task, running
+from support import IN_CI, app_of, assert_problem, count_rows, create_task, running
 from todo_api.platform.database.database import Database
 from todo_api.platform.database.engine import create_engine
 from todo_api.settings import ConfigError, Settings, load_settings
@@ -147,7 +147,7 @@ def _expected_nulls(sort: str, items: list[dict[str, Any]]) -> None:
 
 
 @examples(
-    max_examples=12,
+    max_examples=8 if IN_CI else 12,  # CI: its 15-minute budget
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
